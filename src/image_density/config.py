@@ -1,0 +1,368 @@
+"""The one typed config: every number of a run lives in params/*.yaml and is validated here, once.
+
+Models are frozen and `extra="forbid"`, so an unknown or misspelt key is an error, and every error
+names the key path, the value given and what is allowed (see `load_config`).
+The JSON schema in workflow/schemas/ is generated from `Config` (`image-density schema`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA_PATH = Path("workflow/schemas/params.schema.json")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file, key path, value and rule."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- datasets
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class _Generated(Strict):
+    n_train: PositiveInt
+    n_test: PositiveInt
+    seed: int = 0
+
+
+class GaussianFieldData(_Generated):
+    """Periodic stationary Gaussian field; power spectrum S(k) = c (1 + (|k|/k0)^2)^(-gamma/2),
+    c chosen so the pixel std is `std` (see data/gaussian_field.py)."""
+
+    kind: Literal["gaussian_field"]
+    size: PositiveInt
+    channels: PositiveInt = 1
+    gamma: PositiveFloat = 2.0
+    k0: PositiveFloat = 2.0
+    mean: float = 0.5
+    std: PositiveFloat = 0.1
+
+
+class DeadLeavesData(_Generated):
+    """Occluding disks, radii with density ∝ r^-alpha on [r_min, r_max] (pixels), 8-bit grey levels."""
+
+    kind: Literal["dead_leaves"]
+    size: PositiveInt
+    r_min: PositiveFloat = 1.0
+    r_max: PositiveFloat = 16.0
+    alpha: PositiveFloat = 3.0
+
+    @model_validator(mode="after")
+    def _radii(self):
+        if self.r_min >= self.r_max:
+            raise ValueError(f"r_min ({self.r_min}) must be smaller than r_max ({self.r_max})")
+        return self
+
+
+class NaturalPatchesData(_Generated):
+    """Grayscale patches of the photographs bundled with scikit-image; whole photographs are either
+    train or test sources, never both."""
+
+    kind: Literal["natural_patches"]
+    size: PositiveInt
+    train_images: list[str] = ["camera", "astronaut", "coffee", "chelsea", "rocket", "brick", "grass"]
+    test_images: list[str] = ["coins", "moon", "text", "page"]
+
+    @model_validator(mode="after")
+    def _disjoint(self):
+        both = set(self.train_images) & set(self.test_images)
+        if both:
+            raise ValueError(f"photographs in both train_images and test_images: {sorted(both)}")
+        return self
+
+
+class LfwFacesData(Strict):
+    """The 200 LFW faces bundled with scikit-image (25 x 25), cropped or resized to `size`."""
+
+    kind: Literal["lfw_faces"]
+    size: PositiveInt = 24
+    resize: Literal["crop", "resize"] = "crop"
+    n_test: PositiveInt = 40
+    seed: int = 0
+
+
+class _UserPath(Strict):
+    path: Path
+    n_train: PositiveInt | None = None  # None: all available
+    n_test: PositiveInt | None = None
+
+
+class ArrayData(_UserPath):
+    """A user .npy/.npz array (N,H,W) or (N,C,H,W), uint8 or float in [0,1]."""
+
+    kind: Literal["array"]
+    quantized: bool
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+
+class ImageNet64Data(_UserPath):
+    """Downsampled ImageNet 64x64 pickled batches (train_data_batch_1..10, val_data)."""
+
+    kind: Literal["imagenet64"]
+    grayscale: bool = False
+
+
+class CelebAData(_UserPath):
+    """img_align_celeba/*.jpg + list_eval_partition.txt; grayscale, centre crop, resized."""
+
+    kind: Literal["celeba"]
+    size: Literal[160, 320] = 160
+
+
+class ImageFolderData(_UserPath):
+    """Any folder of PNG/JPEG images, centre-cropped and resized to `size`."""
+
+    kind: Literal["image_folder"]
+    size: PositiveInt
+    grayscale: bool = True
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+
+DataSpec = Annotated[
+    GaussianFieldData
+    | DeadLeavesData
+    | NaturalPatchesData
+    | LfwFacesData
+    | ArrayData
+    | ImageNet64Data
+    | CelebAData
+    | ImageFolderData,
+    Field(discriminator="kind"),
+]
+
+
+DATA_KINDS = frozenset(
+    m.model_fields["kind"].annotation.__args__[0] for m in DataSpec.__origin__.__args__
+)
+
+# ------------------------------------------------------------------------------- energy models
+
+
+class UNetSpec(Strict):
+    """UNet of METHOD.md: widths per scale, a middle width, convs per block; no biases."""
+
+    widths: list[PositiveInt] = [64, 128, 256]
+    mid_width: PositiveInt = 512
+    convs_per_block: PositiveInt = 3
+    emb_features: PositiveInt = 32  # 32 cos + 32 sin
+    emb_dim: PositiveInt = 256
+    # "pure": U = 1/2 <y, f(y,t)> as in the paper; "offset": + b(t), a scalar MLP of log t
+    # (METHOD.md, "Measured here at small scale").
+    energy_form: Literal["pure", "offset"] = "offset"
+
+    @property
+    def downsamplings(self) -> int:
+        return len(self.widths)
+
+
+class TrainSpec(Strict):
+    steps: PositiveInt
+    batch: PositiveInt
+    lr: PositiveFloat = 5e-4
+    lr_halve_every: PositiveInt = 100_000
+    t_min: PositiveFloat = 1e-9
+    t_max: PositiveFloat = 1e3
+    hflip: bool = False
+    ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0: no EMA (the release)
+    ckpt_every: PositiveInt = 1000
+    log_every: PositiveInt = 10
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _t_range(self):
+        if self.t_min >= self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) must be smaller than t_max ({self.t_max})")
+        return self
+
+
+class LikelihoodSpec(Strict):
+    t_max: PositiveFloat = 1e3
+    logz_images: PositiveInt = 256
+    logz_draws: PositiveInt = 4
+    spectral_refinement: bool = True
+    ode_images: PositiveInt = 8
+    ode_rtol: PositiveFloat = 1e-5
+    ode_atol: PositiveFloat = 1e-5
+    ode_trace: Literal["exact", "hutchinson"] = "exact"
+
+
+class EnergySpec(Strict):
+    """Paper 1: an energy model and a plain denoiser per dataset."""
+
+    datasets: list[Name]
+    unet: UNetSpec = UNetSpec()
+    train: TrainSpec
+    likelihood: LikelihoodSpec = LikelihoodSpec()
+
+
+class GeneralizationSpec(Strict):
+    """Models A (first N training images) and B (last N) for each N."""
+
+    dataset: Name
+    n: list[PositiveInt]
+    unet: UNetSpec = UNetSpec()
+    train: TrainSpec
+
+
+# -------------------------------------------------------------------------- multi-scale models
+
+
+class CNNSpec(Strict):
+    """Bias-free CNN; the receptive field is set by how many of the layers are 3x3."""
+
+    channels: PositiveInt = 64
+    layers_lowpass: PositiveInt = 20
+    layers_conditional: PositiveInt = 21
+
+
+class SamplerSpec(Strict):
+    """Stochastic coarse-to-fine ascent (Kadkhodaie & Simoncelli 2021)."""
+
+    h0: PositiveFloat = 0.01
+    beta_lowpass: Annotated[float, Field(gt=0, le=1)] = 0.01
+    beta_details: Annotated[float, Field(gt=0, le=1)] = 0.1
+    sigma_0: PositiveFloat = 1.0
+    sigma_L: PositiveFloat = 0.01
+    max_iter: PositiveInt = 1000
+    n_samples: PositiveInt = 8
+
+
+class MultiscaleSpec(Strict):
+    """Paper 2: wavelet levels J, conditional CNNs per RF, flat baselines."""
+
+    datasets: list[Name]
+    levels: PositiveInt = 2
+    wavelet: str = "haar"
+    rf: list[PositiveInt] = [5, 9, 13, 23, 43]
+    cnn: CNNSpec = CNNSpec()
+    train: TrainSpec
+    sampler: SamplerSpec = SamplerSpec()
+    sigmas: list[PositiveFloat] = [20, 40, 60, 100]  # noise std on the 0..255 scale
+
+    @model_validator(mode="after")
+    def _odd_rf(self):
+        even = [r for r in self.rf if r % 2 == 0]
+        if even:
+            raise ValueError(f"receptive fields must be odd, got {even}")
+        return self
+
+
+# ------------------------------------------------------------------------------------ the config
+
+
+class Config(Strict):
+    seed: int = 0
+    results: Path = Path("results")
+    datasets: dict[Name, DataSpec]
+    energy: EnergySpec | None = None
+    generalization: GeneralizationSpec | None = None
+    multiscale: MultiscaleSpec | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        problems: list[str] = []
+
+        def known(key: str, name: str) -> bool:
+            if name not in self.datasets:
+                problems.append(f"{key}: unknown dataset {name!r} (defined: {sorted(self.datasets)})")
+                return False
+            return True
+
+        def divisible(key: str, name: str, levels: int) -> None:
+            size = getattr(self.datasets[name], "size", None)
+            if size is not None and size % 2**levels:
+                problems.append(f"{key}: dataset {name!r} has size {size}, not divisible by 2^{levels}")
+
+        if self.energy:
+            for i, name in enumerate(self.energy.datasets):
+                if known(f"energy.datasets.{i}", name):
+                    divisible(f"energy.datasets.{i}", name, self.energy.unet.downsamplings)
+        if self.generalization:
+            g = self.generalization
+            if known("generalization.dataset", g.dataset):
+                divisible("generalization.dataset", g.dataset, g.unet.downsamplings)
+                n_train = getattr(self.datasets[g.dataset], "n_train", None)
+                too_big = [n for n in g.n if n_train is not None and 2 * n > n_train]
+                if too_big:
+                    problems.append(
+                        f"generalization.n: {too_big} larger than half of the {n_train} training images "
+                        f"of {g.dataset!r} (A and B must be disjoint)"
+                    )
+        if self.multiscale:
+            for i, name in enumerate(self.multiscale.datasets):
+                if known(f"multiscale.datasets.{i}", name):
+                    divisible(f"multiscale.datasets.{i}", name, self.multiscale.levels)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def _format_error(source: str, err: ValidationError, raw: Any) -> str:
+    lines = [f"invalid params in {source}:"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) > 2 and loc[0] == "datasets" and loc[2] in DATA_KINDS:
+            del loc[2]  # pydantic's discriminator tag, not a key the user wrote
+        path = ".".join(loc) or "(top level)"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            rule = "unknown key (not allowed)"
+        else:
+            rule = e["msg"]
+        shown = "missing" if e["type"] == "missing" else repr(value)
+        if isinstance(value, dict):
+            shown = "{...}"
+        lines.append(f"  {path} = {shown}: {rule}")
+    return "\n".join(lines)
+
+
+def validate_config(raw: Any, source: str = "<params>") -> Config:
+    """A plain dict (e.g. Snakemake's `config`) -> Config, or a ConfigError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid params in {source}: expected a mapping at top level, got {raw!r}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err, raw)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
+    return validate_config(raw, str(path))
+
+
+def json_schema() -> dict:
+    return Config.model_json_schema()
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
