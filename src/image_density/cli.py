@@ -42,12 +42,12 @@ def _add_prepare(sub) -> None:
 
 
 def _prepare(args) -> None:
-    from image_density.data import prepare_dataset
-
     cfg = load_config(args.config)
     if args.dataset not in cfg.datasets:
         raise ConfigError(f"--dataset {args.dataset!r} is not a key of datasets: in {args.config} "
                           f"(defined: {sorted(cfg.datasets)})")
+    from image_density.data import prepare_dataset
+
     out = args.out or cfg.results / "data" / args.dataset
     prepare_dataset(cfg.datasets[args.dataset], out, name=args.dataset)
 
