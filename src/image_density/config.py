@@ -45,8 +45,9 @@ class _Generated(Strict):
 
 
 class GaussianFieldData(_Generated):
-    """Periodic stationary Gaussian field; power spectrum S(k) = c (1 + (|k|/k0)^2)^(-gamma/2),
-    c chosen so the pixel std is `std` (see data/gaussian_field.py)."""
+    """Periodic stationary Gaussian field, continuous (not quantized, not clipped); power spectrum
+    S(k) = c (1 + (|k|/k0)^2)^(-gamma/2), |k| the integer frequency magnitude on the size x size DFT
+    grid, c chosen so the pixel std is `std`; channels independent (see data/gaussian_field.py)."""
 
     kind: Literal["gaussian_field"]
     size: PositiveInt
@@ -73,14 +74,17 @@ class DeadLeavesData(_Generated):
         return self
 
 
+Photos = Annotated[list[str], Field(min_length=1)]
+
+
 class NaturalPatchesData(_Generated):
-    """Grayscale patches of the photographs bundled with scikit-image; whole photographs are either
-    train or test sources, never both."""
+    """Grayscale patches (at random positions) of the photographs bundled with scikit-image; whole
+    photographs are either train or test sources, never both (names: data/bundled.py PHOTOGRAPHS)."""
 
     kind: Literal["natural_patches"]
     size: PositiveInt
-    train_images: list[str] = ["camera", "astronaut", "coffee", "chelsea", "rocket", "brick", "grass"]
-    test_images: list[str] = ["coins", "moon", "text", "page"]
+    train_images: Photos = ["camera", "astronaut", "coffee", "chelsea", "rocket", "brick", "grass"]
+    test_images: Photos = ["coins", "moon", "gravel", "clock"]
 
     @model_validator(mode="after")
     def _disjoint(self):
@@ -91,50 +95,59 @@ class NaturalPatchesData(_Generated):
 
 
 class LfwFacesData(Strict):
-    """The 200 LFW faces bundled with scikit-image (25 x 25), cropped or resized to `size`."""
+    """The 100 LFW faces of scikit-image's lfw_subset (25 x 25; its other 100 images are background
+    crops, not used), centre-cropped or resized to `size`; a seeded choice of n_test faces is test."""
 
     kind: Literal["lfw_faces"]
     size: PositiveInt = 24
     resize: Literal["crop", "resize"] = "crop"
-    n_test: PositiveInt = 40
+    n_test: Annotated[int, Field(ge=1, le=99)] = 20
     seed: int = 0
 
 
 class _UserPath(Strict):
     path: Path
-    n_train: PositiveInt | None = None  # None: all available
+    n_train: PositiveInt | None = None  # caps; None: all available (the first ones in order)
     n_test: PositiveInt | None = None
 
 
 class ArrayData(_UserPath):
-    """A user .npy/.npz array (N,H,W) or (N,C,H,W), uint8 or float in [0,1]."""
+    """A user .npy/.npz array (N,H,W) or (N,C,H,W), uint8 or float in [0,1]; a seeded test fraction.
+    quantized: 8-bit data (NLL gets +8 bits/dim); None = uint8 input is 8-bit, float is continuous;
+    true with float input requires values on the k/255 grid. key: the array of a multi-array .npz."""
 
     kind: Literal["array"]
-    quantized: bool
+    quantized: bool | None = None
+    key: str | None = None
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    seed: int = 0
 
 
 class ImageNet64Data(_UserPath):
-    """Downsampled ImageNet 64x64 pickled batches (train_data_batch_1..10, val_data)."""
+    """Downsampled ImageNet 64x64 pickled batches (train_data_batch_1..10 = train, val_data = test);
+    grayscale: ITU-R 601 luma rounded to 8 bits."""
 
     kind: Literal["imagenet64"]
     grayscale: bool = False
 
 
 class CelebAData(_UserPath):
-    """img_align_celeba/*.jpg + list_eval_partition.txt; grayscale, centre crop, resized."""
+    """img_align_celeba/*.jpg + list_eval_partition.txt (partition 0 = train, 2 = test); grayscale,
+    centred 178 x 178 crop, bicubic resize to `size`."""
 
     kind: Literal["celeba"]
     size: Literal[160, 320] = 160
 
 
 class ImageFolderData(_UserPath):
-    """Any folder of PNG/JPEG images, centre-cropped and resized to `size`."""
+    """Any folder of PNG/JPEG images (recursive), centre-cropped and resized to `size`; a seeded
+    test fraction."""
 
     kind: Literal["image_folder"]
     size: PositiveInt
     grayscale: bool = True
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    seed: int = 0
 
 
 DataSpec = Annotated[
@@ -175,6 +188,10 @@ class UNetSpec(Strict):
 
 
 class TrainSpec(Strict):
+    """One training run (train.py): Adam at `lr`, halved every `lr_halve_every` steps; t log-uniform
+    on [t_min, t_max]; `batch` is the global batch, split over processes under torchrun; `seed` seeds
+    the initialisation and, with the step and rank, every batch's images, flips, t and noise."""
+
     steps: PositiveInt
     batch: PositiveInt
     lr: PositiveFloat = 5e-4
@@ -221,13 +238,16 @@ class GeneralizationSpec(Strict):
     n: list[PositiveInt]
     unet: UNetSpec = UNetSpec()
     train: TrainSpec
+    likelihood: LikelihoodSpec = LikelihoodSpec()  # log Z of each model, on its own training images
 
 
 # -------------------------------------------------------------------------- multi-scale models
 
 
 class CNNSpec(Strict):
-    """Bias-free CNN; the receptive field is set by how many of the layers are 3x3."""
+    """Bias-free CNN (models/cnn.py); the receptive field is set by how many layers are 3x3.
+    The global low-pass denoiser has all its layers 3x3; the cCNNs and the flat baselines (the same
+    network with C channels in/out, as the release) have `layers_conditional` layers."""
 
     channels: PositiveInt = 64
     layers_lowpass: PositiveInt = 20
@@ -240,6 +260,7 @@ class SamplerSpec(Strict):
     h0: PositiveFloat = 0.01
     beta_lowpass: Annotated[float, Field(gt=0, le=1)] = 0.01
     beta_details: Annotated[float, Field(gt=0, le=1)] = 0.1
+    mean: float = 0.5  # start of the low-pass: N(low-pass of this constant image, sigma_0^2)
     sigma_0: PositiveFloat = 1.0
     sigma_L: PositiveFloat = 0.01
     max_iter: PositiveInt = 1000
@@ -251,10 +272,15 @@ class MultiscaleSpec(Strict):
 
     datasets: list[Name]
     levels: PositiveInt = 2
-    wavelet: str = "haar"
+    wavelet: str = "haar"  # any orthogonal pywt wavelet, periodic boundaries
+    # "orthonormal": unit Jacobian; "average": the release's (low-pass stays in [0, 1]), see wavelets.py
+    normalization: Literal["orthonormal", "average"] = "orthonormal"
     rf: list[PositiveInt] = [5, 9, 13, 23, 43]
     cnn: CNNSpec = CNNSpec()
     train: TrainSpec
+    # training noise std sigma = sigma_max (k / noise_grid)^2, k uniform in {0..noise_grid}, sigma_max
+    # the largest |value| of what is noised (1 for images in [0, 1]); see losses.sample_quadratic_sigma
+    noise_grid: PositiveInt = 255
     sampler: SamplerSpec = SamplerSpec()
     sigmas: list[PositiveFloat] = [20, 40, 60, 100]  # noise std on the 0..255 scale
 
@@ -263,6 +289,20 @@ class MultiscaleSpec(Strict):
         even = [r for r in self.rf if r % 2 == 0]
         if even:
             raise ValueError(f"receptive fields must be odd, got {even}")
+        too_big = [r for r in self.rf if r > 2 * self.cnn.layers_conditional + 1]
+        if too_big:
+            raise ValueError(
+                f"receptive fields {too_big} exceed 2 * cnn.layers_conditional + 1 = "
+                f"{2 * self.cnn.layers_conditional + 1}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _orthogonal_wavelet(self):
+        import pywt
+
+        if self.wavelet not in pywt.wavelist(kind="discrete") or not pywt.Wavelet(self.wavelet).orthogonal:
+            raise ValueError(f"wavelet {self.wavelet!r} is not an orthogonal pywt wavelet (e.g. haar, db2)")
         return self
 
 
@@ -360,7 +400,8 @@ def load_config(path: str | Path) -> Config:
 
 
 def json_schema() -> dict:
-    return Config.model_json_schema()
+    # "$schema" names the draft: snakemake.utils.validate refuses a schema without it.
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
 
 
 def write_schema(path: Path = SCHEMA_PATH) -> None:
