@@ -6,6 +6,7 @@ Each subcommand is a pair `_add_<name>(subparsers)` / `_<name>(args)`; nothing e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,267 @@ def _prepare(args) -> None:
     prepare_dataset(cfg.datasets[args.dataset], out, name=args.dataset)
 
 
-COMMANDS = [_add_schema, _add_validate, _add_prepare]
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_track(sub) -> None:
+    p = sub.add_parser(
+        "track",
+        help="log a finished training or evaluation to MLflow (replaces the run of the same name)",
+        description="Reads files a job wrote and logs them as one MLflow run; the store is "
+        "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the current directory.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="params file; its resolved values are params")
+    p.add_argument("--experiment", required=True, help="the study, e.g. energy, multiscale, nll")
+    p.add_argument("--run-name", required=True, help="unique within the experiment, e.g. field16-energy")
+    p.add_argument("--section", action="append", default=[], metavar="KEY",
+                   help="log only these dotted config keys as params (repeatable; default: all)")
+    p.add_argument("--curves", type=Path, help="metrics.jsonl of per-step values (an int 'step' per line)")
+    p.add_argument("--metrics", type=Path, help="JSON of final numbers (nested keys are joined with '.')")
+    p.add_argument("--table", type=Path, action="append", default=[], help="CSV logged under tables/")
+    p.add_argument("--figure", type=Path, action="append", default=[], help="image logged under figures/")
+    p.add_argument("--artifact", type=Path, action="append", default=[], help="any file or folder")
+    p.add_argument("--dataset", type=Path, action="append", default=[],
+                   help="prepared data folder (or any file/folder): its sha256 as tags dataset.<name>.*")
+    p.add_argument("--param", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--tag", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", type=Path, help="write the run's ids here as JSON (a Snakemake output)")
+    p.set_defaults(func=_track)
+
+
+def _track(args) -> None:
+    import json
+    from dataclasses import asdict
+
+    from image_density import tracking
+
+    cfg = load_config(args.config).model_dump(mode="json")
+    params = {**tracking.select(cfg, args.section), **dict(args.param)}
+    missing = [str(p) for p in args.dataset if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"--dataset paths do not exist: {missing}")
+    tags = {
+        **tracking.git_tags(),
+        "config_sha256": tracking.config_sha256(cfg),
+        "config_file": str(args.config),
+        **{k: v for p in args.dataset for k, v in tracking.dataset_tags(p).items()},
+        **dict(args.tag),
+    }
+    metrics = tracking.read_final_metrics(args.metrics) if args.metrics else None
+    record = tracking.log_run(
+        args.experiment, args.run_name, params=params, curves=args.curves, metrics=metrics,
+        tables=args.table, figures=args.figure, artifacts=args.artifact, tags=tags,
+    )
+    print(f"{'unchanged' if record.reused else 'logged'} run {record.run_id} "
+          f"({args.experiment}/{args.run_name}) in {record.tracking_uri}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
+        tmp.replace(args.out)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train an energy model or a plain denoiser (resumes from its checkpoint)",
+        description="Writes OUT/model.pt and OUT/metrics.jsonl; resumable state (checkpoint.pt, "
+        "checkpoint.prev.pt, checkpoint.metrics.jsonl) lives in --ckpt-dir. Exit code 75: stopped by "
+        "SIGTERM/SIGUSR1 after a checkpoint, rerun to resume; 3: non-finite loss. Multi-GPU: "
+        "torchrun --nproc-per-node N -m image_density.cli train ...",
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--model", choices=["energy", "denoiser"], required=True)
+    p.add_argument("--dataset", required=True, help="in energy.datasets (or generalization.dataset)")
+    p.add_argument("--subset", choices=["A", "B"], help="generalization model: first (A) / last (B) n images")
+    p.add_argument("--n", type=int, help="generalization model: number of training images")
+    p.add_argument("--data", type=Path, help="prepared dataset folder (default: <results>/data/<NAME>)")
+    p.add_argument("--out", type=Path, required=True, help="folder of model.pt and metrics.jsonl")
+    p.add_argument("--ckpt-dir", type=Path,
+                   help="resumable state, kept outside Snakemake's declared outputs (default: --out)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> None:
+    from image_density.train import (
+        EXIT_INTERRUPTED,
+        EXIT_NONFINITE,
+        Interrupted,
+        NonFiniteLoss,
+        train_from_config,
+    )
+
+    cfg = load_config(args.config)
+    try:
+        res = train_from_config(
+            cfg, args.model, args.dataset, args.data or cfg.results / "data" / args.dataset, args.out,
+            ckpt_dir=args.ckpt_dir, subset=args.subset, n=args.n, progress=not args.no_progress,
+        )
+    except Interrupted as err:
+        print(f"image-density train: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except NonFiniteLoss as err:
+        print(f"image-density train: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_NONFINITE) from None
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
+        print(f"trained to step {res.step} (resumed from {res.resumed_from}): {res.model_path}")
+
+
+def _add_nll(sub) -> None:
+    p = sub.add_parser(
+        "nll",
+        help="NLL (bits/dim) of an energy model on a dataset split -> one row of a tidy table",
+        description="log Z at t_max on the model's training images, then -log p(x) = U(x) + log Z per "
+        "image. Upserts the row (dataset, model, split) of --table; per-image values go to --per-image.",
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--model-path", type=Path, required=True, help="a model.pt written by `train`")
+    p.add_argument("--dataset", required=True, help="the dataset to evaluate on")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--data", type=Path, help="its prepared folder (default: <results>/data/<NAME>)")
+    p.add_argument("--train-data", type=Path,
+                   help="prepared folder the model was trained on (default: <results>/data/<its dataset>)")
+    p.add_argument("--table", type=Path, required=True, help="tidy CSV, e.g. results/tables/nll.csv")
+    p.add_argument("--per-image", type=Path,
+                   help="per-image CSV (default: <table dir>/nll_per_image/<dataset>_<model>_<split>.csv)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images of the split")
+    p.add_argument("--batch", type=int, default=128, help="images per forward pass")
+    p.set_defaults(func=_nll)
+
+
+def _nll(args) -> None:
+    from image_density.checkpoint import load_verified
+    from image_density.studies.nll import KEY_COLUMNS, evaluate_nll
+    from image_density.tables import upsert_rows, write_rows
+
+    cfg = load_config(args.config)
+    trained_on = load_verified(args.model_path, kind="model").get("meta", {}).get("dataset", args.dataset)
+    res = evaluate_nll(
+        cfg, args.model_path, args.dataset, args.data or cfg.results / "data" / args.dataset,
+        args.train_data or cfg.results / "data" / trained_on, args.split, limit=args.limit,
+        batch_size=args.batch,
+    )
+    row = res.row
+    per_image = args.per_image or (
+        args.table.parent / "nll_per_image" / f"{row['dataset']}_{row['model']}_{row['split']}.csv"
+    )
+    columns, values = list(res.per_image), zip(*res.per_image.values(), strict=True)
+    write_rows(per_image, [dict(zip(columns, v, strict=True)) for v in values])
+    upsert_rows(args.table, [row], KEY_COLUMNS)
+    print(f"{row['dataset']} {row['model']} {row['split']}: {row['nll_bits_per_dim']:.4f} bits/dim "
+          f"(log Z {row['log_z_nats']:.2f} nats) -> {args.table}")
+
+
+def _add_collect(sub) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="merge the small tables of parallel jobs into one tidy table (a Snakemake gather step)",
+        description="Rows of every TABLE in order, columns in first-seen order; rows sharing the values "
+        "of the --key columns are an error.",
+    )
+    p.add_argument("tables", type=Path, nargs="+", metavar="TABLE")
+    p.add_argument("--out", type=Path, required=True, help="e.g. results/tables/nll.csv")
+    p.add_argument("--key", type=lambda text: text.split(","), default=[],
+                   help="comma-separated columns that identify a row, e.g. dataset,model,split")
+    p.set_defaults(func=_collect)
+
+
+def _collect(args) -> None:
+    from image_density.tables import read_rows, write_rows
+
+    rows, seen = [], {}
+    for path in args.tables:
+        if not path.is_file():
+            raise FileNotFoundError(f"table not found: {path}")
+        for row in read_rows(path)[1]:
+            key = tuple(row.get(k) for k in args.key)
+            if args.key and key in seen:
+                raise ValueError(f"rows with {dict(zip(args.key, key, strict=True))} in both {seen[key]} "
+                                 f"and {path}")
+            seen[key] = path
+            rows.append(row)
+    write_rows(args.out, rows)
+    print(f"{len(rows)} rows from {len(args.tables)} tables -> {args.out}")
+
+
+def _add_study(sub) -> None:
+    p = sub.add_parser(
+        "study",
+        help="run one of paper 1's studies -> a tidy table (and companions beside it)",
+        description="nll: the `nll` table + exact NLL, best-Gaussian and uniform baselines, paper values; "
+        "denoising: output vs input PSNR (Table 1); generalization: log p_A vs log p_B per N (writes "
+        "OUT and OUT_summary.csv); dimensionality: d_eff and E log p_t vs t; content: log p vs content "
+        "of test images (writes OUT, OUT_summary.csv, OUT_extremes.npy). Settings: `studies:` params.",
+    )
+    p.add_argument("name", choices=["nll", "denoising", "generalization", "dimensionality", "content"])
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--models", type=Path, nargs="+", default=[], metavar="MODEL_PT",
+                   help="model.pt files written by `train` (all but nll)")
+    p.add_argument("--table", type=Path, help="nll: the table the `nll` command writes")
+    p.add_argument("--dataset", help="evaluate on this dataset (default: the one the models were trained on)")
+    p.add_argument("--data", type=Path,
+                   help="prepared folder of that dataset (nll: the folder of all prepared datasets); "
+                   "default under <results>/data")
+    p.add_argument("--out", type=Path, required=True, help="e.g. results/tables/denoising.csv")
+    p.set_defaults(func=_study)
+
+
+def _study(args) -> None:
+    import os
+
+    import numpy as np
+
+    from image_density.studies.run import run_study
+    from image_density.tables import write_rows
+
+    if args.out.suffix != ".csv":
+        raise ValueError(f"--out must be a .csv path, got {args.out}")
+    cfg = load_config(args.config)
+    outputs = run_study(args.name, cfg, models=args.models, table=args.table, dataset=args.dataset,
+                        data_dir=args.data)  # fmt: skip
+    # companions first, the main table (what Snakemake waits for) last
+    for suffix, value in sorted(outputs.items(), key=lambda kv: kv[0] == ""):
+        path = args.out.with_name(args.out.stem + suffix) if suffix else args.out
+        if isinstance(value, np.ndarray):
+            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
+            np.save(tmp, value)
+            os.replace(tmp, path)
+        else:
+            write_rows(path, value.to_dict("records"), list(value.columns))
+        print(f"study {args.name}: {path}")
+
+
+def _add_figure(sub) -> None:
+    p = sub.add_parser(
+        "figure",
+        help="draw a study's figure from its table(s) -> OUT.png and OUT.pdf",
+        description="Reads tables only (and the content study's image array). generalization and "
+        "content also read TABLE_summary.csv, content TABLE_extremes.npy, unless given.",
+    )
+    p.add_argument("name", choices=["nll", "denoising", "generalization", "dimensionality", "content", "toy"])
+    p.add_argument("--table", type=Path, required=True, help="the study's table (results/tables/NAME.csv)")
+    p.add_argument("--summary", type=Path, help="generalization, content: the summary table")
+    p.add_argument("--images", type=Path, help="content: the .npy of extreme images")
+    p.add_argument("--out", type=Path, required=True, help="e.g. results/figures/nll.png (.pdf beside it)")
+    p.set_defaults(func=_figure)
+
+
+def _figure(args) -> None:
+    from image_density.figures import make_figure
+
+    for path in make_figure(args.name, args.table, args.out, summary=args.summary, images=args.images):
+        print(f"figure {args.name}: {path}")
+
+
+COMMANDS = [
+    _add_schema, _add_validate, _add_prepare, _add_track, _add_train, _add_nll, _add_collect,
+    _add_study, _add_figure,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -178,6 +178,8 @@ class UNetSpec(Strict):
     convs_per_block: PositiveInt = 3
     emb_features: PositiveInt = 32  # 32 cos + 32 sin
     emb_dim: PositiveInt = 256
+    # "circular" for periodic images (the generated Gaussian fields); "zeros" is the release's
+    padding_mode: Literal["zeros", "circular"] = "zeros"
     # "pure": U = 1/2 <y, f(y,t)> as in the paper; "offset": + b(t), a scalar MLP of log t
     # (METHOD.md, "Measured here at small scale").
     energy_form: Literal["pure", "offset"] = "offset"
@@ -212,14 +214,18 @@ class TrainSpec(Strict):
 
 
 class LikelihoodSpec(Strict):
+    """log Z at t_max, NLL = U(x, t_min of training) + log Z, and the probability-flow ODE check."""
+
     t_max: PositiveFloat = 1e3
     logz_images: PositiveInt = 256
     logz_draws: PositiveInt = 4
-    spectral_refinement: bool = True
+    spectral_refinement: bool = True  # t_max entropy from the data covariance eigenvalues
+    batch: PositiveInt = 64  # images per forward pass
     ode_images: PositiveInt = 8
     ode_rtol: PositiveFloat = 1e-5
     ode_atol: PositiveFloat = 1e-5
-    ode_trace: Literal["exact", "hutchinson"] = "exact"
+    ode_trace: Literal["exact", "hutchinson"] = "exact"  # exact costs d backward passes per step
+    ode_probes: PositiveInt = 1  # Hutchinson probes per image
 
 
 class EnergySpec(Strict):
@@ -306,6 +312,66 @@ class MultiscaleSpec(Strict):
         return self
 
 
+# ------------------------------------------------------------------------------ paper 1 studies
+
+
+class NllStudySpec(Strict):
+    """The project's reference baselines beside the learned NLLs (studies/nll.py)."""
+
+    # training images that fit the best-Gaussian baseline's mean and covariance (None: all of them)
+    baseline_images: PositiveInt | None = None
+
+
+class DenoisingStudySpec(Strict):
+    """Table 1: output PSNR of every model at each input PSNR (dB, peak 1), the same noise for all."""
+
+    psnrs: Annotated[list[float], Field(min_length=1)] = [90, 60, 30, 15, 0, -15, -30]
+    n_images: PositiveInt = 256  # the first test images
+    draws: PositiveInt = 1  # noise draws per image and PSNR
+
+
+class GeneralizationStudySpec(Strict):
+    """Fig. 2: log p_A vs log p_B on A's and B's training images (and test), and the models' losses."""
+
+    n_images: PositiveInt = 1000  # at most this many images per set (the first ones)
+    loss_draws: PositiveInt = 4  # (t, z) draws per image for the dual score loss, t as in training
+
+
+class DimensionalityStudySpec(Strict):
+    """Fig. 5: d_eff(x, t) and E log p_t on a log-spaced t grid, for the test mean and the
+    n_extremes most and least probable test images."""
+
+    t_min: PositiveFloat = 1e-12
+    t_max: PositiveFloat = 1e3
+    n_t: Annotated[int, Field(ge=2)] = 31
+    n_images: PositiveInt = 256  # the first test images
+    draws: PositiveInt = 4  # noise draws per image and t
+    n_extremes: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _t_range(self):
+        if self.t_min >= self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) must be smaller than t_max ({self.t_max})")
+        return self
+
+
+class ContentStudySpec(Strict):
+    """Figs. 3-4: distribution of log p over test images, extremes, log p vs contrast and sparsity."""
+
+    n_images: PositiveInt | None = None  # the first test images (None: all)
+    n_extremes: PositiveInt = 8  # most and least probable images kept for the figure
+    wavelet_levels: PositiveInt = 2  # Haar levels whose detail coefficients measure sparsity
+
+
+class StudiesSpec(Strict):
+    batch: PositiveInt = 64  # images per forward pass
+    nll: NllStudySpec = NllStudySpec()
+    denoising: DenoisingStudySpec = DenoisingStudySpec()
+    generalization: GeneralizationStudySpec = GeneralizationStudySpec()
+    dimensionality: DimensionalityStudySpec = DimensionalityStudySpec()
+    content: ContentStudySpec = ContentStudySpec()
+
+
 # ------------------------------------------------------------------------------------ the config
 
 
@@ -316,6 +382,7 @@ class Config(Strict):
     energy: EnergySpec | None = None
     generalization: GeneralizationSpec | None = None
     multiscale: MultiscaleSpec | None = None
+    studies: StudiesSpec = StudiesSpec()
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -1,0 +1,32 @@
+# image-density: the whole pipeline, from params to tables. Declarative: rules live in
+# workflow/rules/*.smk, every number in params/*.yaml, every computation in the `image-density` CLI.
+#
+#   snakemake -c2 all                                   # demo scale (params/demo.yaml)
+#   snakemake -c2 all --configfile params/paper.yaml    # another params file REPLACES demo.yaml
+#   snakemake --profile slurm all                       # paper scale on SLURM (slurm/config.yaml)
+#
+# Params (workflow/rules/common.smk): a `--configfile` replaces params/demo.yaml instead of being
+# merged into it; `--config KEY=VALUE` still overrides single keys. They are validated before any
+# job runs (the typed config's friendly errors, then workflow/schemas/params.schema.json) and
+# written to <results>/config/params.resolved.yaml, the file every rule hands to the CLI
+# (`--config {params.cfg}`), so the CLI sees exactly the params Snakemake sees.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params/demo.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/energy.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.data.input,
+        rules.energy.input,
+        rules.evaluate.input,

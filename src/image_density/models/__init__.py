@@ -1,0 +1,82 @@
+"""Networks and the registry that rebuilds them from a plain JSON-able spec.
+
+A spec is {"arch": name, **kwargs}; checkpoints store it, so `build_model(spec)` gives back the same
+architecture. A module adds an arch with `@register("name")` on a builder function; import that
+module at the bottom of this file so the registration runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from image_density.config import UNetSpec
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in ARCHS:
+            raise ValueError(f"model arch {name!r} registered twice")
+        ARCHS[name] = builder
+        return builder
+
+    return add
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """{"arch": name, **kwargs} -> a freshly initialized model."""
+    if not isinstance(spec, dict) or "arch" not in spec:
+        raise ValueError(f"a model spec must be a dict with an 'arch' key, got {spec!r}")
+    kwargs = dict(spec)
+    arch = kwargs.pop("arch")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model arch {arch!r} (known: {sorted(ARCHS)})")
+    try:
+        return ARCHS[arch](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"model spec {spec!r} does not fit arch {arch!r}: {err}") from None
+
+
+from image_density.models import cnn  # noqa: E402, F401  (registers blind_cnn, conditional_cnn)
+from image_density.models.energy import DenoiserModel, EnergyModel  # noqa: E402
+from image_density.models.gaussian import GaussianEnergy  # noqa: E402
+from image_density.models.unet import UNet  # noqa: E402
+
+
+@register("energy_unet")
+def _energy_unet(channels: int, energy_form: str = "pure", **unet_kwargs) -> EnergyModel:
+    """U(y, t) = 1/2 <y, UNet(y, t)> (+ b(t))."""
+    return EnergyModel(UNet(channels, **unet_kwargs), energy_form)
+
+
+@register("denoiser_unet")
+def _denoiser_unet(channels: int, **unet_kwargs) -> DenoiserModel:
+    """x_hat = y - t UNet(y, t)."""
+    return DenoiserModel(UNet(channels, **unet_kwargs))
+
+
+def unet_model_spec(arch: str, channels: int, unet: UNetSpec) -> dict[str, Any]:
+    """The spec of an "energy_unet" / "denoiser_unet" from a config.UNetSpec (plain JSON types)."""
+    kwargs = unet.model_dump()
+    if arch == "denoiser_unet":
+        kwargs.pop("energy_form")
+    elif arch != "energy_unet":
+        raise ValueError(f"unet_model_spec builds 'energy_unet' or 'denoiser_unet', not {arch!r}")
+    return {"arch": arch, "channels": channels, **kwargs}
+
+
+__all__ = [
+    "ARCHS",
+    "DenoiserModel",
+    "EnergyModel",
+    "GaussianEnergy",
+    "UNet",
+    "build_model",
+    "register",
+    "unet_model_spec",
+]

@@ -1,0 +1,104 @@
+"""Multi-scale composition of paper 2: coarse-to-fine denoising and the multi-scale log-likelihood.
+
+Both work with any denoisers / log-densities that have the right face, learned or exact:
+- low-pass denoiser: y_J (B, C, h, w) -> x_hat_J;
+- conditional denoiser j: (noisy details (B, 3C, h, w), clean low-pass x_{j+1} (B, C, h, w)) -> d_hat;
+- log-densities: x_J -> (B,) nats, and (d_j, x_{j+1}) -> (B,) nats.
+A blind network passes `model.denoise`; an exact one at a known t, e.g. `partial(wiener, t=t)`.
+Scale indices follow `wavelets.pyramid`: details[j] (j = 0 finest) is conditioned on lows[j].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from image_density.losses import conditional_denoiser_loss, noise_prediction_loss, sample_quadratic_sigma
+from image_density.wavelets import Normalization, decompose, idwt, log_det_jacobian, pyramid
+
+Denoiser = Callable[[torch.Tensor], torch.Tensor]
+ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LogDensity = Callable[[torch.Tensor], torch.Tensor]
+ConditionalLogDensity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def multiscale_denoise(
+    y: torch.Tensor,
+    lowpass_denoiser: Denoiser,
+    conditional_denoisers: Sequence[ConditionalDenoiser],
+    wavelet: str = "haar",
+    normalization: Normalization = "orthonormal",
+) -> torch.Tensor:
+    """Decompose y into J = len(conditional_denoisers) levels, denoise the low-pass, then for
+    j = J-1 ... 0 denoise details[j] given the already denoised low-pass and invert one level.
+    y (B, C, H, W) -> x_hat (B, C, H, W)."""
+    y_J, noisy_details = decompose(y, len(conditional_denoisers), wavelet, normalization)
+    x = lowpass_denoiser(y_J)
+    for j in reversed(range(len(conditional_denoisers))):
+        x = idwt(x, conditional_denoisers[j](noisy_details[j], x), wavelet, normalization)
+    return x
+
+
+def multiscale_log_prob(
+    x: torch.Tensor,
+    log_p_lowpass: LogDensity,
+    log_p_conditionals: Sequence[ConditionalLogDensity],
+    wavelet: str = "haar",
+    normalization: Normalization = "orthonormal",
+) -> dict[str, torch.Tensor]:
+    """log p(x) = log p(x_J) + sum_j log p(d_j | x_{j+1}) + log|det W| (paper 2, exact chain rule).
+
+    x (B, C, H, W). Returns per-sample nats: "log_p" (B,), "log_p_lowpass" (B,),
+    "log_p_details" (B, J) with column j for details[j], and "log_det" (B,) (0 if orthonormal).
+    """
+    levels = len(log_p_conditionals)
+    lows, details = pyramid(x, levels, wavelet, normalization)
+    lowpass = log_p_lowpass(lows[-1])
+    conditionals = torch.stack([log_p_conditionals[j](details[j], lows[j]) for j in range(levels)], dim=1)
+    log_det = torch.full_like(lowpass, log_det_jacobian(tuple(x.shape[1:]), levels, normalization))
+    return {
+        "log_p": lowpass + conditionals.sum(dim=1) + log_det,
+        "log_p_lowpass": lowpass,
+        "log_p_details": conditionals,
+        "log_det": log_det,
+    }
+
+
+def band_max(
+    images: torch.Tensor,
+    levels: int,
+    j: int | None,
+    wavelet: str = "haar",
+    normalization: Normalization = "orthonormal",
+) -> float:
+    """max |value| of the band a denoiser sees: the image (levels 0), x_J (j None) or details[j].
+    Paper 2 scales the range of training noise by it (losses.sample_quadratic_sigma)."""
+    if levels == 0:
+        return images.abs().max().item()
+    lows, details = pyramid(images, levels, wavelet, normalization)
+    return (lows[-1] if j is None else details[j]).abs().max().item()
+
+
+def denoiser_objective(
+    levels: int,
+    j: int | None,
+    sigma_max: float,
+    grid: int = 255,
+    wavelet: str = "haar",
+    normalization: Normalization = "orthonormal",
+):
+    """A `train.Objective` for one network of paper 2, from full images x (B, C, H, W):
+    levels 0: a flat denoiser of x; j None: the global low-pass denoiser of x_J; else cCNN_j.
+    The loop's t is not used: paper 2 draws sigma (losses.sample_quadratic_sigma) from the generator."""
+
+    def objective(model, x, t, generator):
+        sigma = sample_quadratic_sigma(x.shape[0], sigma_max, grid, generator)
+        if levels == 0:
+            return noise_prediction_loss(model, x, sigma, generator)
+        lows, details = pyramid(x, levels, wavelet, normalization)
+        if j is None:
+            return noise_prediction_loss(model, lows[-1], sigma, generator)
+        return conditional_denoiser_loss(model, details[j], lows[j], sigma, generator)
+
+    return objective

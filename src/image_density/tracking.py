@@ -1,0 +1,357 @@
+"""MLflow tracking, done after the computation from the files it wrote; the only module importing mlflow.
+
+Store. `MLFLOW_TRACKING_URI` when set, else `sqlite:///<cwd>/mlflow.db`: Snakemake, DVC and the SLURM
+jobs all run in the repository root, so a bare `mlflow ui` there shows every run. Artifacts go
+beside a sqlite store (`<db dir>/mlartifacts/<experiment>/<run id>/`, fixed when the experiment is made).
+
+Layout. One experiment per study ("energy", "multiscale", "nll", ...), one run per trained model or
+evaluation, found by its name. Rerunning a job replaces its run: a new run is filled and finished,
+then the older runs of that name are soft-deleted (`mlflow gc` purges them), so a failure half-way
+leaves the previous run in place. Metric histories cannot be edited in MLflow, so updating a run in
+place would mix two trainings' curves. Rerunning with identical inputs (tag `inputs_sha256`) is a
+no-op that returns the existing run.
+
+Concurrency. Many SLURM jobs write one sqlite file. MLflow already sets `PRAGMA busy_timeout = 20000`
+on every session, but SQLite answers "database is locked" without waiting when two transactions would
+deadlock, and creating the tables of a new file races. So: (1) a file lock (`<db>.lock`, fcntl) around
+making the first client of a new file, which creates the tables; (2) every call retried with jittered
+exponential backoff on "locked"/"busy"/TEMPORARILY_UNAVAILABLE (each write is one transaction, rolled
+back on failure, so retrying cannot duplicate); (3) few round-trips: curves go in `log_batch` calls of
+1000 points. SQLite needs working POSIX locks on the shared file system; where those are missing, run
+`mlflow server` and point `MLFLOW_TRACKING_URI` at it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import re
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DB_NAME = "mlflow.db"
+_METRICS_PER_BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
+_PARAMS_PER_BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
+_RETRY_DELAYS_S = [0.1 * 2**k for k in range(12)]  # ~7 min in all, plus 20 s busy wait per try
+_TRANSIENT = ("database is locked", "database table is locked", "database is busy", "TEMPORARILY_UNAVAILABLE")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    tracking_uri: str
+    experiment: str
+    experiment_id: str
+    run_name: str
+    run_id: str
+    reused: bool  # an identical finished run existed; nothing was logged
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / DB_NAME}"
+
+
+# ----------------------------------------------------------------------------- reading the files
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def select(tree: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The subtrees at dotted `keys` (e.g. "energy", "datasets.field16"), nested as in `tree`;
+    all of `tree` when `keys` is empty."""
+    keys = list(keys)
+    if not keys:
+        return dict(tree)
+    out: dict[str, Any] = {}
+    for key in keys:
+        node: Any = tree
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, Mapping) or part not in node:
+                known = sorted(node) if isinstance(node, Mapping) else []
+                raise ValueError(f"no key {'.'.join(parts[: i + 1])!r} in the config (there: {known})")
+            node = node[part]
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = node
+    return out
+
+
+def param_values(tree: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened params as MLflow strings; lists as JSON so they read as written in the YAML."""
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flatten(tree).items()}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_final_metrics(path: Path) -> dict[str, float]:
+    """A JSON file of numbers (nested allowed, e.g. results/metrics.json) -> {"a.b": value}.
+    Non-numeric leaves are left out, as `dvc metrics show` does."""
+    try:
+        tree = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"metrics file {path} is not valid JSON: {err}") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"metrics file {path}: expected a JSON object at top level")
+    return {k: float(v) for k, v in flatten(tree).items() if _is_number(v)}
+
+
+def read_curves(path: Path) -> list[tuple[int, int | None, dict[str, float]]]:
+    """metrics.jsonl, one JSON object per logged step: an int `step`, optionally `timestamp` (unix
+    seconds), and numeric fields (loss terms, lr, ...) -> [(step, timestamp_ms | None, {key: value})].
+    Non-numeric fields are left out."""
+    points = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{i}: not a JSON object: {err}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(f"{path}:{i}: each line needs an integer 'step', got {line[:80]!r}")
+        ts = row.get("timestamp")
+        ts_ms = int(ts * 1000) if _is_number(ts) else None
+        values = {k: float(v) for k, v in row.items() if k not in ("step", "timestamp") and _is_number(v)}
+        points.append((row["step"], ts_ms, values))
+    return points
+
+
+def _hash_into(h, path: Path) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder (relative paths and contents, in sorted order)."""
+    h = hashlib.sha256()
+    _hash_into(h, path)
+    return h.hexdigest()
+
+
+def dataset_tags(path: Path) -> dict[str, str]:
+    """Tags naming the data a run used: `dataset.<name>.sha256`, and for a prepared folder the
+    sha256 of each array as listed in its meta.json (paper-scale arrays are not hashed again)."""
+    from image_density.data.store import META
+
+    meta = path / META
+    sums = json.loads(meta.read_text()).get("sha256") if meta.is_file() else None
+    if not isinstance(sums, dict) or not sums:
+        return {f"dataset.{path.name}.sha256": file_sha256(path)}
+    listed = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()
+    return {f"dataset.{path.name}.sha256": listed} | {
+        f"dataset.{path.name}.{name}.sha256": digest for name, digest in sums.items()
+    }
+
+
+def config_sha256(tree: Mapping[str, Any]) -> str:
+    """Hash of a resolved config (`Config.model_dump(mode="json")`), independent of key order."""
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+
+
+def git_tags(cwd: Path | None = None) -> dict[str, str]:
+    """Commit and dirtiness of the working tree; empty outside a git checkout."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+        if out.returncode:
+            raise OSError(out.stderr)
+        return out.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower()}
+
+
+# ----------------------------------------------------------------------------- talking to MLflow
+
+
+def _transient(err: Exception) -> bool:
+    text = f"{getattr(err, 'error_code', '')} {err}"
+    return any(s in text for s in _TRANSIENT)
+
+
+def _retry(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    for delay in [*_RETRY_DELAYS_S, None]:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            if delay is None or not _transient(err):
+                raise
+            time.sleep(delay * random.uniform(0.5, 1.5))  # jitter: jobs that collided spread out
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _initialized(db: Path) -> bool:
+    """The tables exist and alembic has stamped a schema version (the last step of creating them)."""
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as con:
+            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def client(uri: str | None = None):
+    """An MlflowClient on a store whose tables exist. Making the first client of a new sqlite file
+    creates the tables (alembic migrations), which races between jobs; so the check and the creation
+    happen under an exclusive file lock (`<db>.lock`), held for milliseconds once the tables exist."""
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            if not _initialized(db):
+                return _retry(MlflowClient, uri)
+    return _retry(MlflowClient, uri)
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside a sqlite store: <db dir>/mlartifacts/<experiment> (MLflow's own default is ./mlruns of
+    whatever directory the first job ran in). Other stores keep their server's default."""
+    db = _sqlite_path(uri)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+    return None if db is None else str(db.resolve().parent / "mlartifacts" / safe)
+
+
+def experiment_id(c, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    exp = _retry(c.get_experiment_by_name, name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            _retry(c.restore_experiment, exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return _retry(c.create_experiment, name, artifact_location=_artifact_location(c.tracking_uri, name))
+    except MlflowException as err:
+        if "RESOURCE_ALREADY_EXISTS" not in f"{err.error_code} {err}":
+            raise
+        return _retry(c.get_experiment_by_name, name).experiment_id  # another job made it first
+
+
+def find_runs(c, exp_id: str, run_name: str) -> list:
+    """Active runs of that name, newest first."""
+    if "'" in run_name:
+        raise ValueError(f"run name {run_name!r} must not contain a single quote")
+    return _retry(
+        c.search_runs,
+        [exp_id],
+        filter_string=f"attributes.run_name = '{run_name}'",
+        order_by=["start_time DESC"],
+    )
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def log_run(
+    experiment: str,
+    run_name: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    curves: Path | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tables: Iterable[Path] = (),
+    figures: Iterable[Path] = (),
+    artifacts: Iterable[Path] = (),
+    tags: Mapping[str, str] | None = None,
+    uri: str | None = None,
+) -> RunRecord:
+    """Log one trained model or evaluation as the run `run_name` of `experiment`, replacing older runs
+    of that name. `params` (nested allowed) are flattened; `curves` is a metrics.jsonl replayed with its
+    steps; `metrics` are final numbers; tables go under artifacts/tables, figures under
+    artifacts/figures, the rest at the top. All files are read before MLflow is touched."""
+    from mlflow.entities import Metric, Param, RunStatus
+
+    tables, figures, artifacts = list(tables), list(figures), list(artifacts)
+    files = [*tables, *figures, *artifacts] + ([curves] if curves else [])
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"files to log do not exist: {missing}")
+    params_str = param_values(params or {})
+    points = read_curves(curves) if curves else []
+    metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    h = hashlib.sha256(json.dumps([params_str, metrics, dict(tags or {})], sort_keys=True).encode())
+    for group, paths in (("c", [curves] if curves else []), ("t", tables), ("f", figures), ("a", artifacts)):
+        for p in paths:
+            h.update(f"{group}:{p.name}\0".encode())
+            _hash_into(h, p)
+    inputs_sha256 = h.hexdigest()
+
+    uri = uri or tracking_uri()
+    c = client(uri)
+    exp_id = experiment_id(c, experiment)
+    old = find_runs(c, exp_id, run_name)
+    for run in old:
+        if run.info.status == "FINISHED" and run.data.tags.get("inputs_sha256") == inputs_sha256:
+            return RunRecord(uri, experiment, exp_id, run_name, run.info.run_id, reused=True)
+
+    run_tags = {**(tags or {}), "inputs_sha256": inputs_sha256}
+    run_id = _retry(c.create_run, exp_id, run_name=run_name, tags=run_tags).info.run_id
+    try:
+        now = int(time.time() * 1000)
+        batch = [Param(k, v) for k, v in params_str.items()]
+        for chunk in _chunks(batch, _PARAMS_PER_BATCH):
+            _retry(c.log_batch, run_id, params=chunk, synchronous=True)
+        series = [Metric(k, v, ts or now, step) for step, ts, row in points for k, v in row.items()]
+        series += [Metric(k, v, now, 0) for k, v in metrics.items()]
+        for chunk in _chunks(series, _METRICS_PER_BATCH):
+            _retry(c.log_batch, run_id, metrics=chunk, synchronous=True)
+        for folder, paths in (
+            ("tables", tables),
+            ("figures", figures),
+            ("", artifacts),
+            ("curves", [curves]),
+        ):
+            for p in filter(None, paths):
+                if p.is_dir():  # keep the folder's name: artifacts/<folder>/<name>/...
+                    _retry(c.log_artifacts, run_id, str(p), "/".join(filter(None, [folder, p.name])))
+                else:
+                    _retry(c.log_artifact, run_id, str(p), folder or None)
+    except BaseException:
+        _retry(c.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    _retry(c.set_terminated, run_id, "FINISHED")
+    for run in old:
+        _retry(c.delete_run, run.info.run_id)
+    return RunRecord(uri, experiment, exp_id, run_name, run_id, reused=False)

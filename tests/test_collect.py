@@ -1,0 +1,48 @@
+"""`image-density collect`: the gather step that merges per-job tables into one tidy table."""
+
+import csv
+
+from image_density import cli
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_collect_concatenates_rows_and_unions_columns(tmp_path):
+    _write(tmp_path / "a.csv", [{"dataset": "x", "model": "energy", "nll": "1.5"}])
+    _write(tmp_path / "b.csv", [{"dataset": "y", "model": "energy", "nll": "2.5", "extra": "e"}])
+    out = tmp_path / "tables" / "all.csv"
+    assert (
+        cli.main(
+            [
+                "collect",
+                "--key",
+                "dataset,model",
+                "--out",
+                str(out),
+                str(tmp_path / "a.csv"),
+                str(tmp_path / "b.csv"),
+            ]
+        )
+        == 0
+    )
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [
+        {"dataset": "x", "model": "energy", "nll": "1.5", "extra": ""},
+        {"dataset": "y", "model": "energy", "nll": "2.5", "extra": "e"},
+    ]
+
+
+def test_collect_refuses_duplicate_keys_and_writes_nothing(tmp_path, capsys):
+    _write(tmp_path / "a.csv", [{"dataset": "x", "model": "energy", "nll": "1.5"}])
+    out = tmp_path / "all.csv"
+    args = ["collect", "--key", "dataset,model", "--out", str(out), str(tmp_path / "a.csv")]
+    assert cli.main([*args, str(tmp_path / "a.csv")]) == 2
+    assert "dataset" in capsys.readouterr().err and not out.exists()
+    assert cli.main([*args, str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv" in capsys.readouterr().err and not out.exists()

@@ -1,0 +1,214 @@
+"""MLflow tracking: files -> one run per job, replace-on-rerun, many jobs writing one sqlite store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from image_density import tracking
+from image_density.cli import main
+
+
+def write_curves(path: Path, n: int, scale: float = 1.0) -> Path:
+    rows = [{"step": 10 * i, "loss": scale / (i + 1), "dsm": 0.5 * i, "phase": "train"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+# ----------------------------------------------------------------------------------- pure parts
+
+
+def test_flatten_select_and_params_as_written():
+    tree = {"energy": {"train": {"lr": 5e-4, "steps": 10}, "unet": {"widths": [8, 16]}}, "seed": 0}
+    assert tracking.flatten(tree) == {
+        "energy.train.lr": 5e-4,
+        "energy.train.steps": 10,
+        "energy.unet.widths": [8, 16],
+        "seed": 0,
+    }
+    assert tracking.select(tree, ["energy.train"]) == {"energy": {"train": {"lr": 5e-4, "steps": 10}}}
+    assert tracking.select(tree, []) == tree
+    with pytest.raises(ValueError, match=r"no key 'energy.trian'.*\['train', 'unet'\]"):
+        tracking.select(tree, ["energy.trian"])
+    assert tracking.param_values(tree)["energy.unet.widths"] == "[8, 16]"
+
+
+def test_read_curves_keeps_numbers_and_names_bad_lines(tmp_path):
+    points = tracking.read_curves(write_curves(tmp_path / "m.jsonl", 3))
+    assert [p[0] for p in points] == [0, 10, 20]
+    assert points[1][2] == {"loss": 0.5, "dsm": 0.5}  # the string field is left out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 0, "loss": 1}\n{"loss": 2}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: each line needs an integer 'step'"):
+        tracking.read_curves(bad)
+
+
+def test_final_metrics_flattened_numbers_only(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"nll": {"field16": {"bits_per_dim": 4.2}}, "note": "x", "ok": True}))
+    assert tracking.read_final_metrics(path) == {"nll.field16.bits_per_dim": 4.2}
+
+
+def test_folder_hash_sees_names_and_contents(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "x.npy").write_bytes(b"123")
+    assert tracking.file_sha256(a) == tracking.file_sha256(b)
+    assert tracking.dataset_tags(a) == {"dataset.a.sha256": tracking.file_sha256(a)}  # no meta.json
+    (b / "x.npy").rename(b / "y.npy")
+    assert tracking.file_sha256(a) != tracking.file_sha256(b)
+
+
+def test_importing_the_package_does_not_import_mlflow():
+    code = "import sys, image_density.cli, image_density.tracking; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# ------------------------------------------------------------------------------ against MLflow
+
+
+def test_run_round_trip_and_replace_on_rerun(tmp_path, uri):
+    from mlflow import MlflowClient
+
+    curves = write_curves(tmp_path / "metrics.jsonl", 50)
+    table = tmp_path / "nll.csv"
+    table.write_text("model,dataset,split,bits_per_dim\nenergy,field16,test,4.2\n")
+    figure = tmp_path / "curve.png"
+    figure.write_bytes(b"\x89PNG fake")
+    kwargs = dict(
+        params={"train": {"lr": 0.001, "widths": [8, 16]}},
+        curves=curves,
+        metrics={"bits_per_dim": 4.2},
+        tables=[table],
+        figures=[figure],
+        tags={"dataset.field16.sha256": "abc"},
+        uri=uri,
+    )
+    first = tracking.log_run("energy", "field16-energy", **kwargs)
+    c = MlflowClient(uri)
+    run = c.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "field16-energy"
+    assert run.data.params == {"train.lr": "0.001", "train.widths": "[8, 16]"}
+    assert run.data.metrics["bits_per_dim"] == 4.2
+    assert run.data.tags["dataset.field16.sha256"] == "abc"
+    history = c.get_metric_history(first.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(10 * i, 1 / (i + 1)) for i in range(50)]
+    paths = {f.path for d in ("tables", "figures", "curves") for f in c.list_artifacts(first.run_id, d)}
+    assert paths == {"tables/nll.csv", "figures/curve.png", "curves/metrics.jsonl"}
+
+    again = tracking.log_run("energy", "field16-energy", **kwargs)
+    assert again.reused and again.run_id == first.run_id
+
+    write_curves(curves, 50, scale=2.0)  # the job was rerun and wrote new curves
+    second = tracking.log_run("energy", "field16-energy", **kwargs)
+    assert not second.reused and second.run_id != first.run_id
+    active = tracking.find_runs(c, first.experiment_id, "field16-energy")
+    assert [r.info.run_id for r in active] == [second.run_id]
+    assert c.get_run(first.run_id).info.lifecycle_stage == "deleted"
+    assert c.get_metric_history(second.run_id, "loss")[0].value == 2.0
+
+
+def test_cli_track_default_store_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tmp_path / "tiny.yaml"
+    params.write_text("datasets:\n  g: {kind: gaussian_field, size: 8, n_train: 4, n_test: 2}\n")
+    data = tmp_path / "results" / "data" / "g"
+    data.mkdir(parents=True)
+    (data / "train.npy").write_bytes(b"fake")
+    (data / "meta.json").write_text(json.dumps({"sha256": {"train.npy": "ab12"}}))
+    curves = write_curves(tmp_path / "metrics.jsonl", 5)
+    marker = tmp_path / "results" / "tracking" / "g.json"
+    args = ["track", "--config", str(params), "--experiment", "energy", "--run-name", "g-energy"]
+    args += ["--curves", str(curves), "--section", "datasets.g", "--dataset", str(data)]
+    args += ["--param", "model=energy", "--tag", "study=nll", "--out", str(marker)]
+    assert main(args) == 0
+
+    record = json.loads(marker.read_text())
+    assert record["tracking_uri"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    from mlflow import MlflowClient
+
+    run = MlflowClient(record["tracking_uri"]).get_run(record["run_id"])
+    assert run.data.params["model"] == "energy"
+    assert run.data.params["datasets.g.size"] == "8"
+    assert not any(k.startswith("seed") for k in run.data.params)  # only the chosen section
+    tags = run.data.tags
+    assert tags["study"] == "nll" and len(tags["config_sha256"]) == 64
+    assert tags["dataset.g.train.npy.sha256"] == "ab12"  # as listed in meta.json, not hashed again
+    assert tags["dataset.g.sha256"] == tracking.dataset_tags(data)["dataset.g.sha256"]
+
+
+def test_cli_track_missing_input_fails_before_touching_the_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tmp_path / "tiny.yaml"
+    params.write_text("datasets:\n  g: {kind: gaussian_field, size: 8, n_train: 4, n_test: 2}\n")
+    args = ["track", "--config", str(params), "--experiment", "e", "--run-name", "r"]
+    assert main([*args, "--curves", "nope/metrics.jsonl"]) == 2
+    assert "nope/metrics.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+LAUNCHER = textwrap.dedent(
+    """
+    import os, sys, traceback
+    from pathlib import Path
+    from image_density import tracking
+    import mlflow.entities, mlflow.tracking  # imported once, then forked: the jobs start together
+
+    tracking._METRICS_PER_BATCH = 20  # many small transactions: as much contention as possible
+    uri, folder, n_jobs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    pids = []
+    for i in range(n_jobs):
+        pid = os.fork()
+        if pid == 0:  # one job
+            code = 0
+            try:
+                curves = folder / f"m{i}.jsonl"
+                tracking.log_run("concurrency", f"job{i}", params={"job": i}, curves=curves, uri=uri)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code)
+        pids.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    sys.exit(f"job exit codes {codes}" if any(codes) else 0)
+    """
+)
+
+
+def test_eight_jobs_log_to_one_new_sqlite_store_at_once(tmp_path, uri):
+    """A fresh store (its tables created under the race), 8 processes x 200 steps x 2 curves, written in
+    batches of 20 points: every run and every point arrives."""
+    n_jobs, n_steps = 8, 200
+    for i in range(n_jobs):
+        write_curves(tmp_path / f"m{i}.jsonl", n_steps, scale=i + 1)
+    cmd = [sys.executable, "-c", LAUNCHER, uri, str(tmp_path), str(n_jobs)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("concurrency")
+    runs = c.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(f"job{i}" for i in range(n_jobs))
+    for r in runs:
+        i = int(r.data.params["job"])
+        assert r.info.status == "FINISHED"
+        assert len(c.get_metric_history(r.info.run_id, "dsm")) == n_steps
+        loss = sorted((m.step, m.value) for m in c.get_metric_history(r.info.run_id, "loss"))
+        assert loss == [(10 * s, (i + 1) / (s + 1)) for s in range(n_steps)]

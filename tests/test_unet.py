@@ -1,0 +1,129 @@
+"""The bias-free UNet of paper 1: shapes, no biases, the scale-preserving norm, equivariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from _gaussian import one_thread  # noqa: F401
+from image_density.models.unet import ScaleNorm, TimeEmbedding, UNet
+
+
+def _randomize(net: UNet, std: float = 0.2) -> UNet:
+    """Non-zero last conv and t-conditioning (both start at zero), so f depends on y and t."""
+    nn.init.normal_(net.out.weight, std=std)
+    for m in net.modules():
+        if isinstance(m, ScaleNorm):
+            nn.init.normal_(m.cond.weight, std=std)
+    return net
+
+
+def _tiny(channels: int = 1, **kw) -> UNet:
+    return _randomize(
+        UNet(channels, widths=[4, 8], mid_width=8, convs_per_block=2, emb_features=4, emb_dim=8, **kw)
+    )
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [8, 16])
+def test_output_shape(channels, size):
+    net = _tiny(channels)
+    y = torch.rand(2, channels, size, size)
+    f = net(y, torch.tensor([1e-9, 1e3]))
+    assert f.shape == y.shape and f.is_contiguous() and torch.isfinite(f).all()
+
+
+def test_three_scales_accepts_size_8():
+    net = UNet(3, widths=[4, 4, 4], mid_width=8, convs_per_block=1, emb_features=4, emb_dim=8)
+    assert net(torch.rand(1, 3, 8, 8), torch.ones(1)).shape == (1, 3, 8, 8)
+
+
+def test_bad_inputs_are_named():
+    net = _tiny(1)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.rand(1, 1, 10, 10), torch.ones(1))
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        net(torch.rand(1, 3, 8, 8), torch.ones(1))
+    with pytest.raises(ValueError, match="one noise level per image"):
+        net(torch.rand(2, 1, 8, 8), torch.ones(1))
+
+
+def test_no_biases_anywhere():
+    net = UNet(3, widths=[8, 16, 32], mid_width=64)
+    assert not [n for n, _ in net.named_parameters() if "bias" in n]
+    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear)]
+    assert layers and all(m.bias is None for m in layers)
+
+
+def test_release_parameter_count():
+    # widths 64/128/256, mid 512, 3 convs per block, C = 3: 11.95 M conv weights + 1.08 M in the
+    # norms' t-conditioning (256 x channels each) + 0.08 M embedding MLP. METHOD.md's 8.65 M differs:
+    # the release's block layout is not fully specified (see the report).
+    net = UNet(3, widths=[64, 128, 256], mid_width=512, convs_per_block=3, emb_features=32, emb_dim=256)
+    conv = sum(p.numel() for p in net.parameters() if p.dim() == 4)
+    assert conv == 11_947_392
+    assert sum(p.numel() for p in net.parameters()) == 13_114_880
+
+
+def test_norm_keeps_the_global_scale():
+    torch.manual_seed(0)
+    norm = ScaleNorm(5, emb_dim=3).double()
+    scales = torch.tensor([0.1, 1.0, 3.0, 10.0, 0.5], dtype=torch.float64)[:, None, None]
+    h = torch.randn(4, 5, 6, 6, dtype=torch.float64) * scales + 2.0
+    emb = torch.randn(4, 3, dtype=torch.float64)
+    out = norm(h, emb)
+    var_in = h.var(dim=(2, 3), unbiased=False)  # (B, C)
+    var_out = out.var(dim=(2, 3), unbiased=False)
+    avg = var_in.mean(1, keepdim=True)
+    # every channel centred and brought to the average channel variance of its image; eps (relative
+    # to that average) only damps channels far below it: var_out = var / (var / avg + eps)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), torch.zeros_like(var_in), atol=1e-12, rtol=0)
+    torch.testing.assert_close(var_out, var_in / (var_in / avg + norm.eps))
+    assert ((var_out / avg - 1).abs()[:, 1:] < 2e-3).all()  # all channels but the 0.1-scaled one
+    # homogeneous of degree 1: no absolute scale anywhere
+    torch.testing.assert_close(norm(1e-6 * h, emb), 1e-6 * out, rtol=1e-10, atol=0)
+    torch.testing.assert_close(norm(1e6 * h, emb), 1e6 * out, rtol=1e-10, atol=0)
+
+
+def test_norm_conditioning_is_multiplicative():
+    norm = ScaleNorm(2, emb_dim=1)
+    nn.init.constant_(norm.cond.weight, 1.0)
+    h = torch.randn(1, 2, 4, 4)
+    base = norm(h, torch.zeros(1, 1))
+    torch.testing.assert_close(norm(h, torch.full((1, 1), 2.0)), 3.0 * base)  # x (1 + 2)
+    assert norm(torch.zeros(1, 2, 4, 4), torch.ones(1, 1)).abs().max() == 0  # no additive shift
+
+
+def test_embedding_is_finite_at_t_zero_and_frozen_below_the_floor():
+    emb = TimeEmbedding(8, 16)
+    e = emb(torch.tensor([0.0, 1e-12, 1e-9, 1e-3, 1e3]))
+    assert torch.isfinite(e).all()
+    torch.testing.assert_close(e[0], e[2])
+    torch.testing.assert_close(e[1], e[2])
+    assert not torch.allclose(e[2], e[3])
+
+
+def test_images_are_independent_in_a_batch():
+    net = _tiny(3)
+    y, t = torch.rand(4, 3, 8, 8), torch.tensor([1e-6, 1e-2, 1.0, 1e2])
+    perm = torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(net(y[perm], t[perm]), net(y, t)[perm])
+    torch.testing.assert_close(net(y[:1], t[:1]), net(y, t)[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_circular_padding_is_shift_equivariant():
+    net = _tiny(1, padding_mode="circular").double()
+    y, t = torch.rand(2, 1, 16, 16, dtype=torch.float64), torch.tensor([1e-2, 1.0], dtype=torch.float64)
+    shift = (4, 8)  # multiples of 2^2
+    f = net(y, t)
+    torch.testing.assert_close(net(torch.roll(y, shift, (2, 3)), t), torch.roll(f, shift, (2, 3)))
+    assert f.abs().max() > 1e-3
+
+
+def test_gradients_are_contiguous():
+    net = _tiny(3)
+    y = torch.rand(2, 3, 8, 8, requires_grad=True)
+    (net(y, torch.tensor([0.1, 1.0])) ** 2).sum().backward()
+    assert y.grad.is_contiguous()
+    assert all(p.grad is None or p.grad.is_contiguous() for p in net.parameters())

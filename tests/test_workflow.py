@@ -1,0 +1,147 @@
+"""The Snakemake workflow for real: plans for demo/paper params, lint/format clean, a tiny run.
+
+Every run uses a temporary working directory (`--directory`), so nothing is written to the repo.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+
+import pytest
+import yaml
+
+from _workflow_helpers import BIN, ROOT, TINY, env, report, snakemake
+from image_density.config import load_config
+
+pytestmark = pytest.mark.workflow
+
+
+def _planned_data(out: str) -> set[str]:
+    """Dataset names of the prepare_data jobs in a dry-run's output."""
+    return {
+        line.split("dataset=")[1].split(",")[0].strip()
+        for line in out.splitlines()
+        if "wildcards: dataset=" in line
+    }
+
+
+def test_demo_plans_with_the_default_configfile(tmp_path):
+    # exactly `snakemake -n all` in a checkout: the Snakefile's `configfile: params/demo.yaml`
+    (tmp_path / "params").symlink_to(ROOT / "params")
+    res = snakemake("-n", "all", workdir=tmp_path)
+    assert res.returncode == 0, res.stdout
+    demo = load_config(ROOT / "params/demo.yaml")
+    assert _planned_data(res.stdout) == set(demo.datasets)
+    assert yaml.safe_load((tmp_path / "results/config/params.resolved.yaml").read_text()) == (
+        demo.model_dump(mode="json")
+    )
+
+
+@pytest.fixture
+def paper_workdir(tmp_path):
+    """A working directory where the `path:` keys of params/paper.yaml exist (empty stand-ins)."""
+    for spec in load_config(ROOT / "params/paper.yaml").datasets.values():
+        if getattr(spec, "path", None) is not None:
+            (tmp_path / spec.path).mkdir(parents=True, exist_ok=True)
+    return tmp_path
+
+
+def test_paper_plans(paper_workdir):
+    res = snakemake("-n", "all", "--configfile", str(ROOT / "params/paper.yaml"), workdir=paper_workdir)
+    assert res.returncode == 0, res.stdout
+    paper = load_config(ROOT / "params/paper.yaml")
+    assert _planned_data(res.stdout) == set(paper.datasets)  # and none of demo.yaml's
+
+
+def test_slurm_profile_plans_paper_scale(paper_workdir):
+    # `snakemake --profile slurm all` as typed from the repo root: the profile parses (valid plugin
+    # option names), selects params/paper.yaml and asks for GPUs for training only
+    res = snakemake("--profile", "slurm", "-n", "all", workdir=paper_workdir)
+    assert res.returncode == 0, res.stdout
+    assert "params/paper.yaml" in res.stdout
+    assert _planned_data(res.stdout) == set(load_config(ROOT / "params/paper.yaml").datasets)
+    profile = yaml.safe_load((ROOT / "slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
+    assert "gpu" not in profile["default-resources"]
+    assert profile["set-resources"]["train"]["gpu"] >= 1
+
+
+def test_missing_raw_data_fails_before_any_job(tmp_path):
+    res = snakemake("-n", "all", "--configfile", str(ROOT / "params/paper.yaml"), workdir=tmp_path)
+    assert res.returncode != 0
+    assert "MissingInputException" in res.stdout and "data/raw/" in res.stdout
+
+
+def test_configfile_replaces_demo_and_reaches_the_cli(tmp_path):
+    # --configfile replaces params/demo.yaml (no demo dataset leaks in); --config still overrides
+    res = snakemake("-n", "all", "--configfile", str(TINY), "--config", "seed=7", workdir=tmp_path)
+    assert res.returncode == 0, res.stdout
+    assert _planned_data(res.stdout) == set(load_config(TINY).datasets)
+    resolved = load_config(tmp_path / "results/config/params.resolved.yaml")
+    assert resolved.seed == 7
+    assert resolved.model_dump(exclude={"seed"}) == load_config(TINY).model_dump(exclude={"seed"})
+
+
+def test_bad_params_give_the_typed_error_before_any_job(tmp_path):
+    bad = yaml.safe_load(TINY.read_text())
+    bad["datasets"]["field8"]["n_trian"] = 5
+    bad["energy"]["datasets"] = ["nope"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    res = snakemake("-c1", "all", "--configfile", str(tmp_path / "bad.yaml"), workdir=tmp_path)
+    assert res.returncode != 0
+    assert "invalid params in" in res.stdout
+    assert "datasets.field8.n_trian = 5: unknown key" in res.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_multi_gpu_training_launches_torchrun(tmp_path):
+    res = snakemake(
+        "energy", "-n", "-p", "--configfile", str(TINY), "--set-resources", "train:gpu=2", workdir=tmp_path
+    )
+    assert res.returncode == 0, res.stdout
+    assert "torchrun --standalone --nproc_per_node 2 -m image_density.cli train" in res.stdout
+
+
+def test_lint_is_clean(tmp_path):
+    (tmp_path / "params").symlink_to(ROOT / "params")
+    res = snakemake("--lint", workdir=tmp_path)
+    assert res.returncode == 0 and "Congratulations" in res.stdout, res.stdout
+
+
+def test_snakefmt_is_clean():
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
+    res = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", *map(str, files)],
+        env=env(),
+        timeout=60,
+        text=True,
+        capture_output=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_tiny_pipeline_runs_and_is_then_up_to_date(tmp_path):
+    res = snakemake("-c2", "-p", "all", "--configfile", str(TINY), workdir=tmp_path, timeout=300)
+    assert res.returncode == 0, report(res, tmp_path)
+    assert "torchrun" not in res.stdout and "image-density train" in res.stdout  # no GPUs: no torchrun
+    cfg = load_config(TINY)
+    results = tmp_path / "results"
+    for name in cfg.datasets:
+        assert {"train.npy", "test.npy", "meta.json"} <= {p.name for p in (results / "data" / name).iterdir()}
+    for model in ("energy", "denoiser"):
+        for name in cfg.energy.datasets:
+            assert (results / "models" / model / name / "model.pt").stat().st_size > 0
+            # resumable state outside the declared outputs, so a rerun never loses it
+            assert (results / "checkpoints" / model / name / "checkpoint.pt").is_file()
+    with open(results / "tables/nll.csv") as f:
+        assert {row["dataset"] for row in csv.DictReader(f)} == set(cfg.energy.datasets)
+    again = snakemake("-n", "all", "--configfile", str(TINY), workdir=tmp_path)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
+    # editing the training params reruns the trainings (which resume) and what depends on them only
+    more = snakemake(
+        "-n", "all", "--configfile", str(TINY), "--config", "energy={'train': {'steps': 6}}", workdir=tmp_path
+    )
+    assert more.returncode == 0, more.stdout
+    assert "params have changed since last execution:\n        train\n" in more.stdout, more.stdout
+    assert "rule prepare_data:" not in more.stdout

@@ -1,0 +1,90 @@
+# Params and target lists shared by every rules file; no rules here (snakemake --lint).
+import os
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from image_density.config import ConfigError, validate_config
+
+# A `--configfile` replaces params/demo.yaml rather than being merged into it (Snakemake's default
+# merge would mix demo keys into e.g. a paper run). Decided from the command line, not from
+# --replace-workflow-config, because SLURM job steps re-read the params without that flag.
+RAW = (
+    workflow.config_settings.overwrite_config
+    if workflow.overwrite_configfiles
+    else config
+)
+PARAMS_SOURCE = (
+    ", ".join(map(str, workflow.overwrite_configfiles)) or "params/demo.yaml"
+)
+# Typed validation first: its errors name every bad key, the value given and the rule.
+try:
+    CFG = validate_config(RAW, PARAMS_SOURCE)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+# From here on `config` is the validated params with every default filled in, exactly what the
+# CLI reads from PARAMS_FILE; the schema check catches a schema left stale by config.py.
+config.clear()
+config.update(CFG.model_dump(mode="json"))
+validate(config, "../schemas/params.schema.json", set_default=False)
+
+R = CFG.results
+# The resolved params, for the CLI. Rewritten atomically and only when they change: every SLURM job
+# step re-parses this file and would otherwise race to rewrite it. Not a declared input: a rule
+# reruns when its own `params: spec=` changes, not whenever any param does.
+PARAMS_FILE = R / "config" / "params.resolved.yaml"
+
+
+def write_resolved(path, params):
+    text = yaml.safe_dump(params, sort_keys=False)
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+write_resolved(PARAMS_FILE, config)
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_.-]*",  # config.Name: no slashes
+    model="energy|denoiser",
+    subset="A|B",
+    n=r"\d+",
+    split="train|test",
+
+
+def spec(model, *fields):
+    """A rule's `params: spec=`: the settings a job depends on (all of `model`, or its `fields`;
+    defaults included), so that editing them, and only them, reruns the job (Snakemake's `params`
+    rerun trigger)."""
+    return model.model_dump_json(include=set(fields) or None)
+
+
+def data_files(dataset):
+    """The files `image-density prepare` writes for one dataset (data/store.py)."""
+    return {split: f"{R}/data/{dataset}/{split}.npy" for split in ("train", "test")} | {
+        "meta": f"{R}/data/{dataset}/meta.json"
+    }
+
+
+def raw_data(wildcards):
+    """The user's files behind a dataset (`path:` of imagenet64, celeba, array, image_folder), so
+    that a wrong path fails when the DAG is built, not in a job; generated data has none.
+    """
+    path = getattr(CFG.datasets[wildcards.dataset], "path", None)
+    return [str(path)] if path is not None else []
+
+
+def launcher(wildcards, resources):
+    """`torchrun` over the job's GPUs when it has more than one (train.py does the multi-process
+    part), else the plain CLI; GPUs come from the profile's set-resources, never from rules.
+    """
+    n = int(resources.get("gpu", 0) or 0)
+    if n > 1:
+        return f"torchrun --standalone --nproc_per_node {n} -m image_density.cli"
+    return "image-density"

@@ -1,0 +1,65 @@
+# Paper 1: per dataset of energy.datasets an energy model (dual score matching) and a plain
+# denoiser; generalization models A/B on the first/last n training images. Resumable state lives in
+# <results>/checkpoints/ (not a declared output, so Snakemake never deletes it): a rerun after a
+# time limit or a failure resumes there.
+
+
+rule train:
+    input:
+        **data_files("{dataset}"),
+    output:
+        model=f"{R}/models/{{model}}/{{dataset}}/model.pt",
+        metrics=f"{R}/models/{{model}}/{{dataset}}/metrics.jsonl",
+    log:
+        f"{R}/logs/train/{{model}}/{{dataset}}.log",
+    conda:
+        "../envs/image-density.yaml"
+    params:
+        cfg=PARAMS_FILE,
+        spec=lambda w: spec(CFG.energy, "unet", "train"),
+        data=lambda w, input: Path(input.meta).parent,
+        out=lambda w, output: Path(output.model).parent,
+        ckpt=lambda w: f"{R}/checkpoints/{w.model}/{w.dataset}",
+        launch=launcher,
+    shell:
+        "{params.launch} train --config {params.cfg} --model {wildcards.model}"
+        " --dataset {wildcards.dataset} --data {params.data} --out {params.out}"
+        " --ckpt-dir {params.ckpt} --no-progress > {log} 2>&1"
+
+
+rule train_generalization:
+    input:
+        **data_files("{dataset}"),
+    output:
+        model=f"{R}/models/generalization/{{dataset}}/{{subset}}{{n}}/model.pt",
+        metrics=f"{R}/models/generalization/{{dataset}}/{{subset}}{{n}}/metrics.jsonl",
+    log:
+        f"{R}/logs/train_generalization/{{dataset}}/{{subset}}{{n}}.log",
+    conda:
+        "../envs/image-density.yaml"
+    params:
+        cfg=PARAMS_FILE,
+        spec=lambda w: spec(CFG.generalization, "unet", "train"),
+        data=lambda w, input: Path(input.meta).parent,
+        out=lambda w, output: Path(output.model).parent,
+        ckpt=lambda w: f"{R}/checkpoints/generalization/{w.dataset}/{w.subset}{w.n}",
+        launch=launcher,
+    shell:
+        "{params.launch} train --config {params.cfg} --model energy"
+        " --dataset {wildcards.dataset} --subset {wildcards.subset} --n {wildcards.n}"
+        " --data {params.data} --out {params.out} --ckpt-dir {params.ckpt} --no-progress"
+        " > {log} 2>&1"
+
+
+rule energy:
+    input:
+        [
+            f"{R}/models/{model}/{dataset}/model.pt"
+            for model in ("energy", "denoiser")
+            for dataset in (CFG.energy.datasets if CFG.energy else [])
+        ],
+        [
+            f"{R}/models/generalization/{CFG.generalization.dataset}/{subset}{n}/model.pt"
+            for subset in "AB"
+            for n in (CFG.generalization.n if CFG.generalization else [])
+        ],
