@@ -22,6 +22,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/energy.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/multiscale.smk"
 
 
 rule all:
@@ -30,3 +31,4 @@ rule all:
         rules.data.input,
         rules.energy.input,
         rules.evaluate.input,
+        rules.multiscale.input,

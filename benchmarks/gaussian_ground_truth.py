@@ -65,7 +65,9 @@ def main() -> None:
         x = data.images("test")  # (N, C, H, W)
         nll = -energy.log_p_nats(x).numpy()
         nll_exact = exact.nll_exact(x.double()).numpy()
-        to_bits = lambda v: units.nll_bits_per_dim(v, data.d, quantized=False)  # noqa: E731
+        def to_bits(v, d=data.d):
+            return units.nll_bits_per_dim(v, d, quantized=False)
+
         entropy_bits = to_bits(likelihood.gaussian_entropy_nats(exact.eigenvalues))
         emit(rows, dataset=name, figure="nll_bits_per_dim", model="energy", value=float(to_bits(nll).mean()),
              exact=float(to_bits(nll_exact).mean()), entropy=float(entropy_bits),

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,80 @@ def test_cli_refuses_before_writing_anything(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
     assert cli.main(["prepare", "--config", str(ROOT / "params/demo.yaml"), "--dataset", "nope"]) == 2
     assert "'nope' is not a key of datasets" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ impossible combinations, CLI
+
+
+def _t_sections(raw) -> list[tuple[str, ...]]:
+    """Every t range of the params: the train sections and the dimensionality study."""
+    found = [p for p, v in _leaves(raw) if isinstance(v, dict) and p[-1:] == ("train",)]
+    return [*found, ("studies", "dimensionality")]
+
+
+@st.composite
+def impossible_params(draw):
+    """Params each of whose values is fine alone but that cannot run together -> (raw, texts the
+    error must contain: the key path and the setting)."""
+    raw = copy.deepcopy(DEMO)
+    kind = draw(st.sampled_from(["generalization_n", "size", "downsamplings", "levels", "t", "radii", "rf"]))
+    g, m = raw["generalization"], raw["multiscale"]
+    if kind == "generalization_n":  # A and B (first / last N images) would overlap
+        n_train = raw["datasets"][g["dataset"]]["n_train"]
+        too_many = draw(st.integers(n_train // 2 + 1, 4 * n_train))
+        g["n"] = [*g["n"][: draw(st.integers(0, len(g["n"])))], too_many]
+        return raw, ["generalization.n", "larger than half"]
+    if kind == "size":  # the UNet halves the image len(widths) times
+        section = draw(st.sampled_from(["energy", "generalization"]))
+        names = raw[section]["datasets"] if section == "energy" else [g["dataset"]]
+        i = draw(st.integers(0, len(names) - 1))
+        levels = len(raw[section]["unet"]["widths"])
+        raw["datasets"][names[i]]["size"] = draw(st.integers(1, 200).filter(lambda s: s % 2**levels))
+        return raw, [f"energy.datasets.{i}" if section == "energy" else "generalization.dataset", "divisible"]
+    if kind == "downsamplings":  # more UNet levels than the 16-pixel images allow
+        section = draw(st.sampled_from(["energy", "generalization"]))
+        raw[section]["unet"]["widths"] = [4] * draw(st.integers(5, 9))
+        return raw, ["energy.datasets.0" if section == "energy" else "generalization.dataset", "divisible"]
+    if kind == "levels":  # the wavelet transform halves the image `levels` times
+        name = m["datasets"][0]
+        levels = m.get("levels", 2)
+        levels = levels[name] if isinstance(levels, dict) else levels
+        raw["datasets"][name]["size"] = draw(st.integers(1, 64).filter(lambda s: s % 2**levels))
+        return raw, ["multiscale.datasets.0", f"divisible by 2^{levels}"]
+    if kind == "t":
+        path = draw(st.sampled_from(_t_sections(raw)))
+        node = raw
+        for p in path:
+            node = node.setdefault(p, {})
+        node["t_max"] = draw(st.floats(1e-6, 1e3))
+        node["t_min"] = node["t_max"] * draw(st.floats(1.0, 1e3))
+        return raw, [".".join(path), "t_min", "must be smaller than t_max"]
+    if kind == "radii":
+        node = raw["datasets"]["dead_leaves"]
+        node["r_max"] = draw(st.floats(0.5, 64))
+        node["r_min"] = node["r_max"] * draw(st.floats(1.0, 8.0))
+        return raw, ["datasets.dead_leaves", "r_min", "must be smaller than r_max"]
+    even = 2 * draw(st.integers(1, m["cnn"]["layers_conditional"]))  # centred filters need odd widths
+    m["rf"] = draw(st.permutations([*m["rf"], even]))
+    return raw, ["multiscale", "rf", "must be odd"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(impossible_params(), st.sampled_from(["validate", "prepare", "train", "nll"]))
+def test_impossible_combinations_are_refused_by_the_cli_before_any_output(capsys, case, command):
+    raw, texts = case
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "results"
+        cfg = Path(tmp) / "hostile.yaml"
+        cfg.write_text(yaml.safe_dump({**raw, "results": str(results)}))
+        args = {
+            "validate": [],
+            "prepare": ["--dataset", "dead_leaves"],
+            "train": ["--model", "energy", "--dataset", "dead_leaves", "--out", str(results / "m")],
+            "nll": ["--model-path", str(results / "m/model.pt"), "--dataset", "dead_leaves",
+                    "--table", str(results / "nll.csv")],
+        }[command]  # fmt: skip
+        assert cli.main([command, "--config", str(cfg), *args]) == 2
+        err = capsys.readouterr().err
+        assert f"invalid params in {cfg}" in err and all(t in err for t in texts), (texts, err)
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["hostile.yaml"]  # nothing written

@@ -136,6 +136,16 @@ def test_tiny_pipeline_runs_and_is_then_up_to_date(tmp_path):
             assert (results / "checkpoints" / model / name / "checkpoint.pt").is_file()
     with open(results / "tables/nll.csv") as f:
         assert {row["dataset"] for row in csv.DictReader(f)} == set(cfg.energy.datasets)
+    # paper 2 and the multi-scale energies: one model per network, tables gathered over datasets
+    ms = cfg.multiscale
+    for family, net in [("denoiser", "lowpass"), ("denoiser", "flat-rf3"), ("energy", "0-rf3")]:
+        assert (
+            results / "checkpoints/multiscale" / ms.datasets[0] / family / net / "checkpoint.pt"
+        ).is_file()
+    for table in ("multiscale_denoising", "superres", "multiscale_nll"):
+        with open(results / f"tables/{table}.csv") as f:
+            assert {row["dataset"] for row in csv.DictReader(f)} == set(ms.datasets)
+    assert (results / "multiscale" / ms.datasets[0] / "samples-rf3.png").stat().st_size > 0
     again = snakemake("-n", "all", "--configfile", str(TINY), workdir=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
     # editing the training params reruns the trainings (which resume) and what depends on them only

@@ -114,8 +114,14 @@ def save_atomic(payload: dict, path: Path, *, keep_previous: Path | None = None)
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        # torch.save reports a failed write (full disk, file-size limit) as an opaque RuntimeError
+        # whose context is the OSError; name the file and the reason instead
+        cause = err if isinstance(err, OSError) else err.__context__
+        if isinstance(err, Exception) and isinstance(cause, OSError) and cause.filename is None:
+            msg = f"cannot write {path}: {cause.strerror or cause}"
+            raise (OSError(cause.errno, msg) if cause.errno else OSError(msg)) from err
         raise
     _fsync_dir(path.parent)
     return path
@@ -192,8 +198,24 @@ def load_latest(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> tup
     return None
 
 
-def check_compatible(state: dict, path: Path, model_spec: dict, data_sha256: str | None) -> None:
-    """Refuse to resume a checkpoint made for another architecture or other data."""
+# Train settings that may differ between a checkpoint and the run resuming it: more steps extend a
+# run, and the checkpoint/log intervals do not touch the weights. Any other change (lr, batch, t range,
+# seed, EMA, ...) would give weights trained half under one setting and half under another.
+RESUMABLE_CHANGES = frozenset({"steps", "ckpt_every", "log_every"})
+IMAGE_SELECTION = ("subset", "n")  # data meta entries that choose the training images
+
+
+def check_compatible(
+    state: dict,
+    path: Path,
+    model_spec: dict,
+    data_sha256: str | None,
+    *,
+    train_spec: dict | None = None,
+    meta: dict | None = None,
+) -> None:
+    """Refuse to resume a checkpoint made for another architecture, other data, another choice of
+    training images (`meta` subset/n) or other train settings than RESUMABLE_CHANGES."""
     if state.get("model_spec") != model_spec:
         raise CheckpointError(
             f"{path}: written for model_spec {state.get('model_spec')}, but the config asks for "
@@ -204,6 +226,26 @@ def check_compatible(state: dict, path: Path, model_spec: dict, data_sha256: str
         raise CheckpointError(
             f"{path}: trained on data with sha256 {theirs[:12]}..., the data given now has "
             f"{data_sha256[:12]}.... Delete the checkpoint or use another checkpoint folder."
+        )
+    changed = []
+    if train_spec is not None:
+        old = state.get("train_spec") or {}
+        changed += [
+            f"train.{k} {old.get(k)!r} -> {train_spec.get(k)!r}"
+            for k in sorted(old.keys() | train_spec.keys())
+            if k not in RESUMABLE_CHANGES and old.get(k) != train_spec.get(k)
+        ]
+    if meta is not None:
+        old = state.get("meta") or {}
+        changed += [
+            f"{k} {old.get(k)!r} -> {meta.get(k)!r}" for k in IMAGE_SELECTION if old.get(k) != meta.get(k)
+        ]
+    if changed:
+        raise CheckpointError(
+            f"{path}: the checkpoint in {path.parent} was written with other settings "
+            f"({'; '.join(changed)}); resuming it would mix two trainings. Only train.steps, "
+            "ckpt_every and log_every may change between runs: restore the old values, or delete "
+            f"{path.parent} (or use another checkpoint folder) to train from scratch."
         )
 
 

@@ -139,29 +139,207 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
-def _train(args) -> None:
-    from image_density.train import (
-        EXIT_INTERRUPTED,
-        EXIT_NONFINITE,
-        Interrupted,
-        NonFiniteLoss,
-        train_from_config,
-    )
+def _run_training(command: str, run) -> None:
+    """Call run() -> TrainResult; exit 75 when a signal stopped it after a checkpoint, 3 on a non-finite
+    loss (train.py)."""
+    from image_density.train import EXIT_INTERRUPTED, EXIT_NONFINITE, Interrupted, NonFiniteLoss
 
-    cfg = load_config(args.config)
     try:
-        res = train_from_config(
-            cfg, args.model, args.dataset, args.data or cfg.results / "data" / args.dataset, args.out,
-            ckpt_dir=args.ckpt_dir, subset=args.subset, n=args.n, progress=not args.no_progress,
-        )
+        res = run()
     except Interrupted as err:
-        print(f"image-density train: {err}", file=sys.stderr)
+        print(f"image-density {command}: {err}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except NonFiniteLoss as err:
-        print(f"image-density train: error: {err}", file=sys.stderr)
+        print(f"image-density {command}: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_NONFINITE) from None
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(f"trained to step {res.step} (resumed from {res.resumed_from}): {res.model_path}")
+
+
+def _train(args) -> None:
+    from image_density.train import train_from_config
+
+    cfg = load_config(args.config)
+    _run_training("train", lambda: train_from_config(
+        cfg, args.model, args.dataset, args.data or cfg.results / "data" / args.dataset, args.out,
+        ckpt_dir=args.ckpt_dir, subset=args.subset, n=args.n, progress=not args.no_progress,
+    ))  # fmt: skip
+
+
+def _add_train_scale(sub) -> None:
+    p = sub.add_parser(
+        "train-scale",
+        help="train one network of the multi-scale model (paper 2's denoisers, or energies)",
+        description="--model denoiser (paper 2): --scale lowpass is the global CNN on the coarsest "
+        "low-pass x_J, --scale j (0 = finest) the conditional CNN of the details of scale j, --scale "
+        "flat the pixel-domain baseline; energy: lowpass is the UNet energy of x_J, j the conditional "
+        "energy of scale j (dual score matching). Outputs and exit codes as `train`.",
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--dataset", required=True, help="in multiscale.datasets")
+    p.add_argument("--model", choices=["denoiser", "energy"], default="denoiser")
+    p.add_argument("--scale", required=True, help="lowpass, flat or a scale index j (0 = finest)")
+    p.add_argument("--rf", type=int, help="receptive field, one of multiscale.rf (not for lowpass)")
+    p.add_argument("--data", type=Path, help="prepared dataset folder (default: <results>/data/<NAME>)")
+    p.add_argument("--out", type=Path, required=True, help="folder of model.pt and metrics.jsonl")
+    p.add_argument(
+        "--ckpt-dir",
+        type=Path,
+        help="resumable state, kept outside Snakemake's declared outputs (default: --out)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_scale)
+
+
+def _train_scale(args) -> None:
+    from image_density.multiscale_train import parse_scale, train_scale_from_config
+
+    cfg = load_config(args.config)
+    scale = parse_scale(args.scale)
+    _run_training("train-scale", lambda: train_scale_from_config(
+        cfg, args.dataset, args.model, scale, args.rf, args.data or cfg.results / "data" / args.dataset,
+        args.out, ckpt_dir=args.ckpt_dir, progress=not args.no_progress,
+    ))  # fmt: skip
+
+
+def _add_multiscale_models(p) -> None:
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument(
+        "--models",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="MODEL_PT",
+        help="model.pt files written by `train-scale`, all of one dataset and --model",
+    )
+
+
+def _write_table(path: Path, table) -> None:
+    """A DataFrame as a tidy CSV, missing values (NaN, NA) as empty cells."""
+    from image_density.tables import write_rows
+
+    write_rows(path, table.astype(object).where(table.notna(), None).to_dict("records"), list(table.columns))
+
+
+def _save_array(path: Path, array) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _add_denoise(sub) -> None:
+    p = sub.add_parser(
+        "denoise",
+        help="PSNR of the multi-scale and flat denoisers per RF and of the low-pass-only reconstruction",
+        description="Noise of std multiscale.sigmas (0..255 scale) on the first multiscale.eval_images "
+        "test images, the same for every model -> a tidy table: dataset, model, rf, sigma, psnr_in, "
+        "psnr_out.",
+    )
+    _add_multiscale_models(p)
+    p.add_argument(
+        "--data", type=Path, help="prepared folder (default: <results>/data/<the models' dataset>)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="CSV, e.g. results/multiscale/faces/denoising.csv")
+    p.set_defaults(func=_denoise)
+
+
+def _denoise(args) -> None:
+    from image_density.studies.multiscale import run_denoise
+
+    table = run_denoise(load_config(args.config), args.models, args.data)
+    _write_table(args.out, table)
+    print(f"denoise: {len(table)} rows -> {args.out}")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="synthesize images from scratch with the multi-scale (and flat) denoisers of one RF",
+        description="multiscale.sampler.n_samples images per model -> OUT.png (row 1: multi-scale, "
+        "row 2: flat of the same RF, when given) and OUT.npy (rows, n, C, H, W) in [0, 1].",
+    )
+    _add_multiscale_models(p)
+    p.add_argument("--rf", type=int, required=True)
+    p.add_argument(
+        "--out", type=Path, required=True, help="PNG, e.g. results/multiscale/faces/samples-rf9.png"
+    )
+    p.set_defaults(func=_sample)
+
+
+def _sample(args) -> None:
+    from image_density.studies.multiscale import run_sample, write_png_grid
+
+    grid, labels = run_sample(load_config(args.config), args.models, args.rf)
+    _save_array(args.out.with_suffix(".npy"), grid)
+    write_png_grid(grid, args.out)
+    print(f"sample: rows {labels} -> {args.out}")
+
+
+def _add_super_resolve(sub) -> None:
+    p = sub.add_parser(
+        "super-resolve",
+        help="sample the details of test images given their low-pass, with the model of one RF",
+        description="The first multiscale.superres_images test images, multiscale.sampler.n_samples "
+        "samples each -> OUT.png (per image a row: original, low-pass only, samples, their mean), "
+        "OUT.npy of the same, and a one-row table of PSNRs (samples, their mean, low-pass only).",
+    )
+    _add_multiscale_models(p)
+    p.add_argument("--rf", type=int, required=True)
+    p.add_argument(
+        "--data", type=Path, help="prepared folder (default: <results>/data/<the models' dataset>)"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="PNG, e.g. results/multiscale/faces/superres-rf9.png"
+    )
+    p.add_argument("--table", type=Path, required=True, help="CSV of the PSNRs")
+    p.set_defaults(func=_super_resolve)
+
+
+def _super_resolve(args) -> None:
+    from image_density.studies.multiscale import run_super_resolve, write_png_grid
+
+    grid, table = run_super_resolve(load_config(args.config), args.models, args.rf, args.data)
+    _save_array(args.out.with_suffix(".npy"), grid)
+    write_png_grid(grid, args.out)
+    _write_table(args.table, table)
+    print(
+        f"super-resolve: psnr of samples {table['psnr_samples'].iloc[0]:.2f} dB, of their mean "
+        f"{table['psnr_mean'].iloc[0]:.2f} dB -> {args.out}, {args.table}"
+    )
+
+
+def _add_multiscale_nll(sub) -> None:
+    p = sub.add_parser(
+        "multiscale-nll",
+        help="NLL (bits/dim) of the multi-scale energies per RF -> rows in the style of nll.csv",
+        description="log p(x) = log p(x_J) + sum_j log p(d_j | x_j): the low-pass energy normalized at "
+        "t_max on training images, each conditional energy per conditioning image; settings from "
+        "multiscale.energy.likelihood, images: the first multiscale.eval_images of --split.",
+    )
+    _add_multiscale_models(p)
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument(
+        "--data", type=Path, help="prepared folder (default: <results>/data/<the models' dataset>)"
+    )
+    p.add_argument(
+        "--train-data",
+        type=Path,
+        help="prepared folder the models were trained on (default: <results>/data/<their dataset>)",
+    )
+    p.add_argument("--table", type=Path, required=True, help="CSV, e.g. results/multiscale/faces/nll.csv")
+    p.set_defaults(func=_multiscale_nll)
+
+
+def _multiscale_nll(args) -> None:
+    from image_density.studies.multiscale import run_multiscale_nll
+
+    table = run_multiscale_nll(load_config(args.config), args.models, args.split, args.data, args.train_data)
+    _write_table(args.table, table)
+    for row in table.itertuples():
+        print(f"{row.dataset} {row.model} {row.split}: {row.nll_bits_per_dim:.4f} bits/dim")
 
 
 def _add_nll(sub) -> None:
@@ -192,6 +370,8 @@ def _nll(args) -> None:
     from image_density.tables import upsert_rows, write_rows
 
     cfg = load_config(args.config)
+    for folder in {args.table.parent, (args.per_image or args.table).parent}:
+        folder.mkdir(parents=True, exist_ok=True)  # an unusable destination fails before the work
     trained_on = load_verified(args.model_path, kind="model").get("meta", {}).get("dataset", args.dataset)
     res = evaluate_nll(
         cfg, args.model_path, args.dataset, args.data or cfg.results / "data" / args.dataset,
@@ -312,7 +492,8 @@ def _figure(args) -> None:
 
 COMMANDS = [
     _add_schema, _add_validate, _add_prepare, _add_track, _add_train, _add_nll, _add_collect,
-    _add_study, _add_figure,
+    _add_study, _add_figure, _add_train_scale, _add_denoise, _add_sample, _add_super_resolve,
+    _add_multiscale_nll,
 ]  # fmt: skip
 
 
@@ -328,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, OSError, ValueError) as err:  # OSError: a missing input, a full disk, ...
         print(f"image-density {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

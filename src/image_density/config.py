@@ -19,6 +19,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -258,6 +259,8 @@ class CNNSpec(Strict):
     channels: PositiveInt = 64
     layers_lowpass: PositiveInt = 20
     layers_conditional: PositiveInt = 21
+    # "circular" for periodic images (the generated Gaussian fields); "zeros" is the release's
+    padding_mode: Literal["zeros", "circular"] = "zeros"
 
 
 class SamplerSpec(Strict):
@@ -273,11 +276,36 @@ class SamplerSpec(Strict):
     n_samples: PositiveInt = 8
 
 
+class MultiscaleEnergySpec(Strict):
+    """Beyond both papers: normalized energies per scale, trained by dual score matching
+    (multiscale_train.py): an energy on the coarsest low-pass x_J, and per scale j and RF a conditional
+    energy U(d | x_j, t) = 1/2 <d, f(d, t | x_j)> (+ b(t)) whose network is the RF-limited CNN of
+    `cnn` (models/local_energy.py). log p(x) = log p(x_J) + sum_j log p(d_j | x_j), each normalized at
+    likelihood.t_max."""
+
+    # The low-pass energy: "unet" (paper 1's UNet of `unet`), or "cnn": the network of the conditional
+    # energies without conditioning, all cnn.layers_lowpass layers 3x3. Prefer "cnn" for a tiny x_J:
+    # the UNet's instance norms discard each channel's mean, a large share of a few-pixel image
+    # (measured on a 4x4 x_J: +0.026 bits/dim of the whole image with the UNet, +0.008 with the CNN).
+    lowpass: Literal["unet", "cnn"] = "unet"
+    unet: UNetSpec = UNetSpec()
+    energy_form: Literal["pure", "offset"] = "offset"  # of the CNN energies
+    emb_features: PositiveInt = 32  # noise-level embedding of the CNN energies (as UNetSpec)
+    emb_dim: PositiveInt = 256
+    train: TrainSpec
+    likelihood: LikelihoodSpec = LikelihoodSpec()
+
+
+Levels = Annotated[int, Field(ge=1, le=16)]
+
+
 class MultiscaleSpec(Strict):
-    """Paper 2: wavelet levels J, conditional CNNs per RF, flat baselines."""
+    """Paper 2: wavelet levels J per dataset, conditional CNNs per RF, flat baselines; optionally the
+    normalized conditional energies of `energy`."""
 
     datasets: list[Name]
-    levels: PositiveInt = 2
+    # J per dataset, e.g. {celeba160: 2, celeba320: 3}; one number is shorthand for every dataset
+    levels: dict[Name, Levels] = Field(2, validate_default=True)
     wavelet: str = "haar"  # any orthogonal pywt wavelet, periodic boundaries
     # "orthonormal": unit Jacobian; "average": the release's (low-pass stays in [0, 1]), see wavelets.py
     normalization: Literal["orthonormal", "average"] = "orthonormal"
@@ -289,16 +317,29 @@ class MultiscaleSpec(Strict):
     noise_grid: PositiveInt = 255
     sampler: SamplerSpec = SamplerSpec()
     sigmas: list[PositiveFloat] = [20, 40, 60, 100]  # noise std on the 0..255 scale
+    eval_images: PositiveInt = 256  # first test images of denoise / multiscale-nll (at most all)
+    superres_images: PositiveInt = 4  # test images super-resolved (sampler.n_samples samples each)
+    energy: MultiscaleEnergySpec | None = None
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _one_number_for_all(cls, v, info):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return dict.fromkeys(info.data.get("datasets", []), v)
+        return v
+
+    def levels_of(self, dataset: str) -> int:
+        return self.levels[dataset]
 
     @model_validator(mode="after")
     def _odd_rf(self):
         even = [r for r in self.rf if r % 2 == 0]
         if even:
-            raise ValueError(f"receptive fields must be odd, got {even}")
+            raise ValueError(f"rf: receptive fields must be odd, got {even}")
         too_big = [r for r in self.rf if r > 2 * self.cnn.layers_conditional + 1]
         if too_big:
             raise ValueError(
-                f"receptive fields {too_big} exceed 2 * cnn.layers_conditional + 1 = "
+                f"rf: receptive fields {too_big} exceed 2 * cnn.layers_conditional + 1 = "
                 f"{2 * self.cnn.layers_conditional + 1}"
             )
         return self
@@ -415,9 +456,21 @@ class Config(Strict):
                         f"of {g.dataset!r} (A and B must be disjoint)"
                     )
         if self.multiscale:
-            for i, name in enumerate(self.multiscale.datasets):
-                if known(f"multiscale.datasets.{i}", name):
-                    divisible(f"multiscale.datasets.{i}", name, self.multiscale.levels)
+            m = self.multiscale
+            for name in m.levels:
+                if name not in m.datasets:
+                    problems.append(f"multiscale.levels.{name}: {name!r} is not in multiscale.datasets")
+            for i, name in enumerate(m.datasets):
+                if name not in m.levels:
+                    problems.append(
+                        f"multiscale.levels: no entry for dataset {name!r} (give multiscale.levels.{name}, "
+                        "or one number for every dataset)"
+                    )
+                elif known(f"multiscale.datasets.{i}", name):
+                    divisible(f"multiscale.datasets.{i}", name, m.levels[name])
+                    if m.energy and m.energy.lowpass == "unet":  # the low-pass energy's UNet downsamples x_J
+                        levels = m.levels[name] + m.energy.unet.downsamplings
+                        divisible(f"multiscale.energy.unet (x_J of {name!r})", name, levels)
         if problems:
             raise ValueError("; ".join(problems))
         return self

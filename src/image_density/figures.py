@@ -19,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 STYLE = {
@@ -27,6 +28,7 @@ STYLE = {
     "axes.titlesize": "medium",
     "legend.fontsize": "small",
     "legend.frameon": False,
+    "axes.formatter.useoffset": False,  # plain tick values, even for a narrow range of log p
     "savefig.dpi": 150,
     "savefig.bbox": "tight",
     "figure.constrained_layout.use": True,
@@ -189,7 +191,8 @@ def generalization_figure(scatter: pd.DataFrame, summary: pd.DataFrame) -> Figur
     palette = {k: c for k, c in zip(IMAGE_SET_LABELS, sns.color_palette("colorblind"), strict=False)}
     for ax, n in zip(axes, ns, strict=True):
         s = scatter[scatter["n"] == n]
-        for which, r in s.groupby("images", sort=False):
+        # test images first, so that the (fewer) training images are drawn on top
+        for which, r in sorted(s.groupby("images", sort=False), key=lambda g: g[0] != "test"):
             ax.scatter(r["log_p_A_db"], r["log_p_B_db"], s=6, alpha=0.6, color=palette.get(which),
                        label=IMAGE_SET_LABELS.get(which, which), linewidths=0)  # fmt: skip
         lo = np.nanmin(s[["log_p_A_db", "log_p_B_db"]].to_numpy())
@@ -219,8 +222,9 @@ def generalization_figure(scatter: pd.DataFrame, summary: pd.DataFrame) -> Figur
     ax_l.plot(loss.index, loss["train"], marker="o", color=palette["A"], label="training images")
     ax_l.plot(loss.index, loss["test"], marker="o", color=palette["test"], label="test images")
     ax_l.set(xscale="log", xlabel="training images N", ylabel="dual score loss (mean over t)")
-    _legend(ax_d, loc="lower left")
-    _legend(ax_l)
+    handles, labels = ax_d.get_legend_handles_labels()
+    bottom.legend(handles, labels, loc="outside right upper")  # the image sets' colours, the paper
+    _legend(ax_l, loc="best")
     return fig
 
 
@@ -304,12 +308,13 @@ def content_figure(
     o = ours.iloc[0]
     if np.isfinite(o["gumbel_scale"]):
         ax_h.plot(grid, stats.gumbel_r.pdf(grid, o["gumbel_loc"], o["gumbel_scale"]), color=colour("energy"),
-                  label=f"Gumbel fit: loc {o['gumbel_loc']:.2f}, scale {o['gumbel_scale']:.2f}")  # fmt: skip
+                  label=f"Gumbel fit: loc {o['gumbel_loc']:.4g}, scale {o['gumbel_scale']:.3g}")  # fmt: skip
     if len(paper):
         p = paper.iloc[0]
         ax_h.plot([], [], " ", label=f"paper (ImageNet64 gray): loc {p['gumbel_loc']:.2f}, "
                   f"scale {p['gumbel_scale']:.2f}")  # fmt: skip
     ax_h.set(xlabel=LOG_P, ylabel="density (per dB/dim)", title="distribution of log p")
+    ax_h.xaxis.set_major_locator(MaxNLocator(4))
     _legend(ax_h, loc="upper right", fontsize="x-small")
     ext = {"most": ("most probable", "#17becf"), "least": ("least probable", "#9467bd")}
     labels = {"contrast": "contrast: pixel std (intensity, [0, 1] scale)",
@@ -341,7 +346,7 @@ def _image_grid(subfig, images: np.ndarray, per_image: pd.DataFrame, k: int) -> 
             rgb = img.shape[-1] == 3
             ax.imshow(np.clip(img, 0, 1) if rgb else img[..., 0], cmap=None if rgb else "gray",
                       vmin=lo, vmax=hi, interpolation="nearest")  # fmt: skip
-            ax.set_title(f"{by_rank.get(rank, np.nan):.1f} dB/dim", fontsize="x-small")
+            ax.set_title(f"{by_rank.get(rank, np.nan):.4g} dB/dim", fontsize="x-small")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)

@@ -57,6 +57,32 @@ def data_covariance_eigenvalues(x: torch.Tensor) -> torch.Tensor:
     return lam.flip(0)
 
 
+def _tmax_energy(model, xb: torch.Tensor, t_max: float, draws: int, generator) -> torch.Tensor:
+    """Per image (B,) float64: mean over `draws` of U(x + sqrt(t_max) z, t_max) - 1/2 ||z||^2 + d/2.
+
+    The control variate 1/2 ||z||^2 (the energy of N(x, t_max I), whose mean is exactly d/2) has a far
+    smaller variance than U at large t_max."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    t = torch.full((xb.shape[0],), float(t_max), dtype=xb.dtype, device=xb.device)
+    total = torch.zeros(xb.shape[0], dtype=torch.float64)
+    with torch.inference_mode():
+        for _ in range(draws):
+            y, z = add_noise(xb, t, generator)
+            total += (model.energy(y, t) - 0.5 * z.flatten(1).square().sum(1)).double().cpu()
+    return total / draws + 0.5 * xb[0].numel()
+
+
+def _tmax_entropy(d: int, t_max: float, eigenvalues: torch.Tensor | None) -> float:
+    """(d/2) log(2 pi e t_max); with covariance eigenvalues: 1/2 sum_k log(2 pi e (t_max + lambda_k))."""
+    if eigenvalues is None:
+        return 0.5 * d * math.log(2 * math.pi * math.e * t_max)
+    lam = torch.as_tensor(eigenvalues, dtype=torch.float64).flatten()
+    if lam.numel() != d:
+        raise ValueError(f"{lam.numel()} covariance eigenvalues for images of dimension d = {d}")
+    return gaussian_entropy_nats(t_max + lam)
+
+
 def log_z(
     model,
     x_batches_or_tensor: Data,
@@ -69,32 +95,29 @@ def log_z(
     """log Z (nats) = H - E[U(x + sqrt(t_max) z, t_max)] over the images and `draws` noise draws each.
 
     H = (d/2) log(2 pi e t_max), or with the data covariance eigenvalues lambda_k (d,) or (C, H, W) the
-    refinement 1/2 sum_k log(2 pi e (t_max + lambda_k)). Control variate: U - 1/2 ||z||^2 (the energy of
-    N(x, t_max I), whose mean is exactly d/2) has a far smaller variance than U at large t_max.
+    refinement 1/2 sum_k log(2 pi e (t_max + lambda_k)); E[U] with a control variate (`_tmax_energy`).
     """
-    if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
     total, count, d = 0.0, 0, None
-    with torch.inference_mode():
-        for xb in _batches(x_batches_or_tensor, batch_size, model):
-            t = torch.full((xb.shape[0],), float(t_max), dtype=xb.dtype, device=xb.device)
-            d = xb[0].numel()
-            for _ in range(draws):
-                y, z = add_noise(xb, t, generator)
-                u = model.energy(y, t) - 0.5 * z.flatten(1).square().sum(1)
-                total += u.double().sum().item()
-                count += xb.shape[0]
+    for xb in _batches(x_batches_or_tensor, batch_size, model):
+        d = xb[0].numel()
+        total += _tmax_energy(model, xb, t_max, draws, generator).sum().item()
+        count += xb.shape[0]
     if count == 0:
         raise ValueError("log_z got no images")
-    mean_u = total / count + 0.5 * d
-    if eigenvalues is None:
-        entropy = 0.5 * d * math.log(2 * math.pi * math.e * t_max)
-    else:
-        lam = torch.as_tensor(eigenvalues, dtype=torch.float64).flatten()
-        if lam.numel() != d:
-            raise ValueError(f"{lam.numel()} covariance eigenvalues for images of dimension d = {d}")
-        entropy = gaussian_entropy_nats(t_max + lam)
-    return entropy - mean_u
+    return _tmax_entropy(d, t_max, eigenvalues) - total / count
+
+
+def log_z_per_image(
+    model, x: torch.Tensor, t_max: float, draws: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """log Z of each image's own density (B,) float64 CPU: H - mean over draws U(x + sqrt(t_max) z, t_max),
+    one batch x (B, ...). For a conditional energy bound to one conditioning image per row
+    (models/local_energy.py): at t_max, p_t(. | x_j) is Gaussian with an entropy H that does not depend
+    on x_j, and x's own d stands in for a sample of p(d | x_j) (its weight, ~ lambda / t_max, vanishes),
+    so the x_j-dependent constant that dual score matching leaves free in U is measured, image by image."""
+    dtype, device = _dtype_device(model)
+    x = x.to(device=device, dtype=dtype)
+    return _tmax_entropy(x[0].numel(), t_max, None) - _tmax_energy(model, x, t_max, draws, generator)
 
 
 def nll(model, x: Data, log_z: float, t: float = 0.0, batch_size: int = 64) -> torch.Tensor:

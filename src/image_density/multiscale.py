@@ -1,4 +1,5 @@
-"""Multi-scale composition of paper 2: coarse-to-fine denoising and the multi-scale log-likelihood.
+"""Multi-scale composition of paper 2: coarse-to-fine denoising and the multi-scale log-likelihood,
+and the training objectives of its networks (denoisers; normalized energies, beyond both papers).
 
 Both work with any denoisers / log-densities that have the right face, learned or exact:
 - low-pass denoiser: y_J (B, C, h, w) -> x_hat_J;
@@ -14,7 +15,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from image_density.losses import conditional_denoiser_loss, noise_prediction_loss, sample_quadratic_sigma
+from image_density import likelihood
+from image_density.losses import (
+    conditional_denoiser_loss,
+    dual_score_loss,
+    noise_prediction_loss,
+    sample_quadratic_sigma,
+)
 from image_density.wavelets import Normalization, decompose, idwt, log_det_jacobian, pyramid
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
@@ -102,3 +109,45 @@ def denoiser_objective(
         return conditional_denoiser_loss(model, details[j], lows[j], sigma, generator)
 
     return objective
+
+
+def energy_objective(
+    levels: int, j: int | None, wavelet: str = "haar", normalization: Normalization = "orthonormal"
+):
+    """A `train.Objective` (dual score matching at the loop's t) for one energy of the multi-scale
+    model, from full images x (B, C, H, W): j None: the low-pass energy of x_J; else the conditional
+    energy of details[j] bound to their clean low-pass lows[j]."""
+
+    def objective(model, x, t, generator):
+        lows, details = pyramid(x, levels, wavelet, normalization)
+        if j is None:
+            return dual_score_loss(model, lows[-1], t, generator)
+        with model.bind(lows[j]):
+            return dual_score_loss(model, details[j], t, generator)
+
+    return objective
+
+
+def normalized_lowpass(model, log_z: float, t_eval: float) -> LogDensity:
+    """log p(x_J) = -(U(x_J, t_eval) + log Z), (B,) nats, of an energy normalized once (paper 1);
+    t_eval stands in for t = 0 (a learned model's training t_min, see likelihood.nll)."""
+
+    def log_p(x_J: torch.Tensor) -> torch.Tensor:
+        return -likelihood.nll(model, x_J, log_z, t=t_eval, batch_size=len(x_J))
+
+    return log_p
+
+
+def normalized_conditional(
+    model, t_eval: float, t_max: float, draws: int, generator: torch.Generator | None = None
+) -> ConditionalLogDensity:
+    """log p(d | x_j) = -(U(d, t_eval | x_j) + log Z(x_j)) of a conditional energy (`bind`), (B,) nats,
+    normalized per conditioning image at t_max (likelihood.log_z_per_image): dual score matching fixes
+    U up to a constant that may depend on x_j, which one log Z averaged over images would not remove."""
+
+    def log_p(d: torch.Tensor, x_j: torch.Tensor) -> torch.Tensor:
+        with model.bind(x_j):
+            u = likelihood.nll(model, d, 0.0, t=t_eval, batch_size=len(d))
+            return -(u + likelihood.log_z_per_image(model, d, t_max, draws, generator))
+
+    return log_p

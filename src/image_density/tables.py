@@ -52,8 +52,12 @@ def write_rows(path: Path, rows: Iterable[Mapping[str, Any]], columns: list[str]
         writer.writerow({c: _cell(r.get(c)) for c in columns})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk: no temp file left, and an error that names the table
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from err
 
 
 def upsert_rows(path: Path, rows: Iterable[Mapping[str, Any]], key_columns: list[str]) -> None:

@@ -23,6 +23,7 @@ back on failure, so retrying cannot duplicate); (3) few round-trips: curves go i
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -33,7 +34,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ DB_NAME = "mlflow.db"
 _METRICS_PER_BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
 _PARAMS_PER_BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
 _RETRY_DELAYS_S = [0.1 * 2**k for k in range(12)]  # ~7 min in all, plus 20 s busy wait per try
+_DISK_FULL = ("database or disk is full", "disk I/O error")
 _TRANSIENT = ("database is locked", "database table is locked", "database is busy", "TEMPORARILY_UNAVAILABLE")
 
 
@@ -210,6 +212,19 @@ def _retry(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             time.sleep(delay * random.uniform(0.5, 1.5))  # jitter: jobs that collided spread out
 
 
+@contextmanager
+def _store_errors(uri: str):
+    """sqlite's answers to a full disk (SQLITE_FULL, or SQLITE_IOERR for a refused write) as one
+    OSError naming the store, instead of a SQLAlchemy traceback."""
+    try:
+        yield
+    except Exception as err:
+        reason = next((s for s in _DISK_FULL if s in str(err)), None)
+        if reason is None or isinstance(err, OSError):
+            raise
+        raise OSError(errno.ENOSPC, f"cannot write the MLflow store {uri}: {reason}") from err
+
+
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
@@ -284,6 +299,20 @@ def _chunks(items: list, n: int) -> Iterable[list]:
         yield items[i : i + n]
 
 
+def _log_files(c, run_id: str, files: Mapping[str, Iterable[Path]]) -> None:
+    """Artifacts: {folder under the run's artifacts ("" = top): files or folders}."""
+    for folder, paths in files.items():
+        for p in paths:
+            try:
+                if p.is_dir():  # keep the folder's name: artifacts/<folder>/<name>/...
+                    _retry(c.log_artifacts, run_id, str(p), "/".join(filter(None, [folder, p.name])))
+                else:
+                    _retry(c.log_artifact, run_id, str(p), folder or None)
+            except OSError as err:  # a full disk under the artifact store: say what and where
+                where = _retry(c.get_run, run_id).info.artifact_uri
+                raise OSError(err.errno, f"cannot copy {p} to {where}: {err.strerror or err}") from err
+
+
 def log_run(
     experiment: str,
     run_name: str,
@@ -319,39 +348,31 @@ def log_run(
     inputs_sha256 = h.hexdigest()
 
     uri = uri or tracking_uri()
-    c = client(uri)
-    exp_id = experiment_id(c, experiment)
-    old = find_runs(c, exp_id, run_name)
-    for run in old:
-        if run.info.status == "FINISHED" and run.data.tags.get("inputs_sha256") == inputs_sha256:
-            return RunRecord(uri, experiment, exp_id, run_name, run.info.run_id, reused=True)
+    with _store_errors(uri):
+        c = client(uri)
+        exp_id = experiment_id(c, experiment)
+        old = find_runs(c, exp_id, run_name)
+        for run in old:
+            if run.info.status == "FINISHED" and run.data.tags.get("inputs_sha256") == inputs_sha256:
+                return RunRecord(uri, experiment, exp_id, run_name, run.info.run_id, reused=True)
 
-    run_tags = {**(tags or {}), "inputs_sha256": inputs_sha256}
-    run_id = _retry(c.create_run, exp_id, run_name=run_name, tags=run_tags).info.run_id
-    try:
-        now = int(time.time() * 1000)
-        batch = [Param(k, v) for k, v in params_str.items()]
-        for chunk in _chunks(batch, _PARAMS_PER_BATCH):
-            _retry(c.log_batch, run_id, params=chunk, synchronous=True)
-        series = [Metric(k, v, ts or now, step) for step, ts, row in points for k, v in row.items()]
-        series += [Metric(k, v, now, 0) for k, v in metrics.items()]
-        for chunk in _chunks(series, _METRICS_PER_BATCH):
-            _retry(c.log_batch, run_id, metrics=chunk, synchronous=True)
-        for folder, paths in (
-            ("tables", tables),
-            ("figures", figures),
-            ("", artifacts),
-            ("curves", [curves]),
-        ):
-            for p in filter(None, paths):
-                if p.is_dir():  # keep the folder's name: artifacts/<folder>/<name>/...
-                    _retry(c.log_artifacts, run_id, str(p), "/".join(filter(None, [folder, p.name])))
-                else:
-                    _retry(c.log_artifact, run_id, str(p), folder or None)
-    except BaseException:
-        _retry(c.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    _retry(c.set_terminated, run_id, "FINISHED")
-    for run in old:
-        _retry(c.delete_run, run.info.run_id)
-    return RunRecord(uri, experiment, exp_id, run_name, run_id, reused=False)
+        run_tags = {**(tags or {}), "inputs_sha256": inputs_sha256}
+        run_id = _retry(c.create_run, exp_id, run_name=run_name, tags=run_tags).info.run_id
+        try:
+            now = int(time.time() * 1000)
+            batch = [Param(k, v) for k, v in params_str.items()]
+            for chunk in _chunks(batch, _PARAMS_PER_BATCH):
+                _retry(c.log_batch, run_id, params=chunk, synchronous=True)
+            series = [Metric(k, v, ts or now, step) for step, ts, row in points for k, v in row.items()]
+            series += [Metric(k, v, now, 0) for k, v in metrics.items()]
+            for chunk in _chunks(series, _METRICS_PER_BATCH):
+                _retry(c.log_batch, run_id, metrics=chunk, synchronous=True)
+            curve = [curves] if curves else []
+            _log_files(c, run_id, {"tables": tables, "figures": figures, "": artifacts, "curves": curve})
+        except BaseException:
+            _retry(c.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        _retry(c.set_terminated, run_id, "FINISHED")
+        for run in old:
+            _retry(c.delete_run, run.info.run_id)
+        return RunRecord(uri, experiment, exp_id, run_name, run_id, reused=False)

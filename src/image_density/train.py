@@ -4,7 +4,11 @@ Reproducibility: the random streams of step s on rank r (batch indices + flips; 
 re-seeded at every step from (seed, r, s), so they carry no state to save and a resumed run draws
 exactly what an uninterrupted run would; with the optimizer/EMA state in the checkpoint, resuming on
 CPU gives bit-identical weights. The torch global RNG (CPU/CUDA) is saved too, for networks that
-draw from it.
+draw from it. A checkpoint is resumed only by the same training: same model_spec, data (sha256),
+images (generalization subset/n) and train settings, except `steps` (raising it extends a finished
+run), `ckpt_every` and `log_every`; any other difference is a CheckpointError naming the keys (old ->
+new) and the checkpoint folder, to delete for a fresh start. Refusing, rather than moving the old
+state aside and starting over, keeps a typo in the params from silently discarding days of training.
 
 Multi-process (`torchrun`, WORLD_SIZE > 1): gloo on CPU, nccl on GPU. `spec.batch` is the global
 batch, split evenly over ranks, each drawing its own indices/t/noise. Gradients are averaged with one
@@ -38,7 +42,6 @@ import os
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,8 +176,12 @@ def _exclusive(ckpt_dir: Path, enabled: bool):
 
 def _write_lines_atomic(path: Path, lines: list[str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("".join(lines))
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk: no temp file left, and an error that names the file
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from err
 
 
 def _metrics_upto(path: Path, step: int) -> list[str]:
@@ -240,25 +247,20 @@ class _State:
     path: Path | None = None  # the checkpoint resumed from / last written
 
 
-def _resume(model, opt, ema, spec: TrainSpec, ckpt_dir: Path, model_spec: dict, meta: dict, device, rank):
+def _resume(model, opt, ema, spec: TrainSpec, ckpt_dir: Path, model_spec: dict, meta: dict, device):
     """Load the newest good checkpoint of ckpt_dir into model/opt (and EMA); returns (state, ema)."""
     found = load_latest(ckpt_dir, map_location=device)
     if found is None:
         return _State(), ema
     ck, path = found
-    check_compatible(ck, path, model_spec, meta.get("data_sha256"))
+    check_compatible(
+        ck, path, model_spec, meta.get("data_sha256"), train_spec=spec.model_dump(mode="json"), meta=meta
+    )
     if ck["step"] > spec.steps:
         raise CheckpointError(
             f"{path}: at step {ck['step']}, past train.steps = {spec.steps}; "
             "increase steps or delete the checkpoint"
         )
-    changed = sorted(
-        k
-        for k, v in ck.get("train_spec", {}).items()
-        if k not in ("steps", "ckpt_every", "log_every") and getattr(spec, k, v) != v
-    )
-    if changed and rank == 0:
-        warnings.warn(f"resuming {path} with changed train settings: {changed}", stacklevel=3)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     if ema is not None:
@@ -326,10 +328,11 @@ def train(
         model.to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
         ema = _ema_init(model) if spec.ema > 0 else None
-        st, ema = _resume(model, opt, ema, spec, ckpt_dir, model_spec, meta, device, rank)
+        st, ema = _resume(model, opt, ema, spec, ckpt_dir, model_spec, meta, device)
         resumed_from = st.step
         if rank == 0:
             _write_lines_atomic(live, _metrics_upto(live, st.step))
+            out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
         if world > 1:  # every rank starts from rank 0's weights
             for v in model.state_dict().values():
                 dist.broadcast(v, 0)
@@ -402,12 +405,20 @@ def train(
 
         model_path, metrics_path = out_dir / "model.pt", out_dir / "metrics.jsonl"
         if rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_model(
-                model_path, weights=ema if ema is not None else model.state_dict(), model_spec=model_spec,
-                config=config, meta=meta, step=st.step, ema=spec.ema, train_spec=spec.model_dump(mode="json"),
-            )  # fmt: skip
-            _write_lines_atomic(metrics_path, _metrics_upto(live, st.step))
+            # model.pt, what downstream steps read, goes last and an older one first: a failed write
+            # (full disk) or a kill leaves no model.pt beside a newer metrics.jsonl, nor a pair of
+            # files that a tool would take for a finished run
+            model_path.unlink(missing_ok=True)
+            try:
+                _write_lines_atomic(metrics_path, _metrics_upto(live, st.step))
+                weights = ema if ema is not None else model.state_dict()
+                save_model(
+                    model_path, weights=weights, model_spec=model_spec, config=config, meta=meta,
+                    step=st.step, ema=spec.ema, train_spec=spec.model_dump(mode="json"),
+                )  # fmt: skip
+            except BaseException:
+                metrics_path.unlink(missing_ok=True)
+                raise
         if world > 1:
             dist.barrier()
     return TrainResult(st.step, model_path, metrics_path, resumed_from)

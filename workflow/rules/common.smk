@@ -88,3 +88,51 @@ def launcher(wildcards, resources):
     if n > 1:
         return f"torchrun --standalone --nproc_per_node {n} -m image_density.cli"
     return "image-density"
+
+
+# multiscale.smk: a network lives in <results>/models/multiscale/<dataset>/<family>/<net>/,
+# net = lowpass, <j>-rf<R> or flat-rf<R>
+MS = CFG.multiscale
+
+
+def ms_model(dataset, family, net):
+    return f"{R}/models/multiscale/{dataset}/{family}/{net}/model.pt"
+
+
+def ms_nets(dataset, family, rfs=None, flat=True):
+    """Folder names of one dataset's networks of `family` (of receptive fields `rfs`, default all;
+    the flat denoisers too with `flat`)."""
+    if MS is None or (family == "energy" and MS.energy is None):
+        return []
+    rfs = MS.rf if rfs is None else rfs
+    nets = ["lowpass"] + [
+        f"{j}-rf{rf}" for rf in rfs for j in range(MS.levels_of(dataset))
+    ]
+    return nets + (
+        [f"flat-rf{rf}" for rf in rfs] if flat and family == "denoiser" else []
+    )
+
+
+def ms_models(dataset, family, rfs=None, flat=True):
+    return [
+        ms_model(dataset, family, net) for net in ms_nets(dataset, family, rfs, flat)
+    ]
+
+
+def ms_train_spec(wildcards):
+    """The settings a network depends on: its family's section and the dataset's J."""
+    own = (
+        spec(MS, "train", "noise_grid")
+        if wildcards.family == "denoiser"
+        else MS.energy.model_dump_json(exclude={"likelihood"})
+    )
+    common = spec(MS, "cnn", "wavelet", "normalization")
+    return f"{own} {common} levels={MS.levels_of(wildcards.dataset)}"
+
+
+def ms_outputs(pattern, rf=True):
+    """`pattern` formatted for every dataset (and RF) of multiscale:."""
+    if MS is None:
+        return []
+    rfs = MS.rf if rf else [None]
+    return [pattern.format(dataset=d, rf=r) for d in MS.datasets for r in rfs]

@@ -17,8 +17,8 @@ rule prepare_data:
         spec=lambda w: spec(CFG.datasets[w.dataset]),
         out=lambda wildcards, output: Path(output.meta).parent,
     shell:
-        "image-density prepare --config {params.cfg} --dataset {wildcards.dataset}"
-        " --out {params.out} > {log} 2>&1"
+        "image-density prepare --config {params.cfg:q} --dataset {wildcards.dataset:q}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule data:

@@ -22,9 +22,9 @@ rule train:
         ckpt=lambda w: f"{R}/checkpoints/{w.model}/{w.dataset}",
         launch=launcher,
     shell:
-        "{params.launch} train --config {params.cfg} --model {wildcards.model}"
-        " --dataset {wildcards.dataset} --data {params.data} --out {params.out}"
-        " --ckpt-dir {params.ckpt} --no-progress > {log} 2>&1"
+        "{params.launch} train --config {params.cfg:q} --model {wildcards.model:q}"
+        " --dataset {wildcards.dataset:q} --data {params.data:q} --out {params.out:q}"
+        " --ckpt-dir {params.ckpt:q} --no-progress > {log:q} 2>&1"
 
 
 rule train_generalization:
@@ -45,10 +45,10 @@ rule train_generalization:
         ckpt=lambda w: f"{R}/checkpoints/generalization/{w.dataset}/{w.subset}{w.n}",
         launch=launcher,
     shell:
-        "{params.launch} train --config {params.cfg} --model energy"
-        " --dataset {wildcards.dataset} --subset {wildcards.subset} --n {wildcards.n}"
-        " --data {params.data} --out {params.out} --ckpt-dir {params.ckpt} --no-progress"
-        " > {log} 2>&1"
+        "{params.launch} train --config {params.cfg:q} --model energy"
+        " --dataset {wildcards.dataset:q} --subset {wildcards.subset:q} --n {wildcards.n:q}"
+        " --data {params.data:q} --out {params.out:q} --ckpt-dir {params.ckpt:q} --no-progress"
+        " > {log:q} 2>&1"
 
 
 rule energy:

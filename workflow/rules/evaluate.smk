@@ -23,10 +23,10 @@ rule nll:
         spec=lambda w: spec(CFG.energy, "likelihood"),
         data=lambda w, input: Path(input.data).parent,
     shell:
-        "image-density nll --config {params.cfg} --model-path {input.model}"
-        " --dataset {wildcards.dataset} --split {wildcards.split} --data {params.data}"
-        " --train-data {params.data} --table {output.table}"
-        " --per-image {output.per_image} > {log} 2>&1"
+        "image-density nll --config {params.cfg:q} --model-path {input.model:q}"
+        " --dataset {wildcards.dataset:q} --split {wildcards.split:q} --data {params.data:q}"
+        " --train-data {params.data:q} --table {output.table:q}"
+        " --per-image {output.per_image:q} > {log:q} 2>&1"
 
 
 rule nll_table:
@@ -42,8 +42,8 @@ rule nll_table:
     conda:
         "../envs/image-density.yaml"
     shell:
-        "image-density collect --key dataset,model,split --out {output.table}"
-        " {input.parts} > {log} 2>&1"
+        "image-density collect --key dataset,model,split --out {output.table:q}"
+        " {input.parts:q} > {log:q} 2>&1"
 
 
 rule evaluate:

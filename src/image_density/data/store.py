@@ -95,8 +95,11 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     tmp.mkdir()  # unlike mkdtemp, honours the umask
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write() (full disk) names no file
+            msg = f"cannot write {out}: {err.strerror or err}"
+            raise (OSError(err.errno, msg) if err.errno else OSError(msg)) from err
         raise
     old = None
     if out.exists():
@@ -157,7 +160,13 @@ def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
     meta_path = path / META
     if not meta_path.is_file():
         raise FileNotFoundError(f"not a prepared dataset (no {META}): {path}")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"prepared dataset {path}: {META} is not valid JSON ({err})") from None
+    needed = ("sha256", "shape", "n_train", "n_test", "quantized")
+    if not (isinstance(meta, dict) and all(k in meta for k in needed) and isinstance(meta["sha256"], dict)):
+        raise ValueError(f"prepared dataset {path}: {META} lacks some of {list(needed)}; prepare it again")
     for fname, digest in meta["sha256"].items():
         f = path / fname
         if not f.is_file():

@@ -42,7 +42,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(f"model spec {spec!r} does not fit arch {arch!r}: {err}") from None
 
 
-from image_density.models import cnn  # noqa: E402, F401  (registers blind_cnn, conditional_cnn)
+from image_density.models import cnn, local_energy  # noqa: E402, F401  (register the CNN archs)
 from image_density.models.energy import DenoiserModel, EnergyModel  # noqa: E402
 from image_density.models.gaussian import GaussianEnergy  # noqa: E402
 from image_density.models.unet import UNet  # noqa: E402

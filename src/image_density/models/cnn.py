@@ -1,10 +1,11 @@
 """Bias-free CNN denoisers of paper 2 with a chosen receptive field (METHOD.md, "Networks").
 
 Bias-free (Mohan et al. 2020, and the LPM release): no additive constant anywhere — convolutions
-without bias, zero padding, ReLU, and `BFBatchNorm`, which only rescales each channel. In eval mode
-every layer is then positively homogeneous of degree 1, so f(a y) = a f(y) for a > 0 (tested): the
-denoiser's behaviour does not depend on the units of the input. In train mode the batch statistic makes
-it scale-invariant across the batch instead, as in any batch norm.
+without bias, zero padding (circular for periodic images), ReLU, and `BFBatchNorm`, which only
+rescales each channel. In eval mode every layer is then positively homogeneous of degree 1, so
+f(a y) = a f(y) for a > 0 (tested): the denoiser's behaviour does not depend on the units of the
+input. In train mode the batch statistic makes it scale-invariant across the batch instead, as in any
+batch norm.
 
 Layout (the release's BF_CNN_RF): conv (linear) -> [conv, BFBatchNorm, ReLU] x (layers - 2) -> conv.
 RF = 1 + 2 * (number of 3x3 layers); the other layers are 1x1. The 3x3 layers are spread evenly over
@@ -66,13 +67,22 @@ class BFBatchNorm(nn.Module):
 class BFCNN(nn.Module):
     """Bias-free CNN, c_in -> c_out channels at full resolution."""
 
-    def __init__(self, c_in: int, c_out: int, layers: int, width: int = 64, rf: int | None = None):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        layers: int,
+        width: int = 64,
+        rf: int | None = None,
+        padding_mode: str = "zeros",
+    ):
         super().__init__()
         sizes = kernel_sizes(layers, rf)
         self.rf = 1 + sum(k - 1 for k in sizes)
         chans = [c_in] + [width] * (layers - 1) + [c_out]
         self.convs = nn.ModuleList(
-            nn.Conv2d(chans[i], chans[i + 1], k, padding=k // 2, bias=False) for i, k in enumerate(sizes)
+            nn.Conv2d(chans[i], chans[i + 1], k, padding=k // 2, bias=False, padding_mode=padding_mode)
+            for i, k in enumerate(sizes)
         )
         self.norms = nn.ModuleList(BFBatchNorm(width) for _ in range(layers - 2))
         for conv in self.convs:
@@ -89,9 +99,11 @@ class BFCNN(nn.Module):
 class BlindCNN(nn.Module):
     """C -> C blind denoiser: the global low-pass denoiser (rf=None: all 3x3) and the flat baselines."""
 
-    def __init__(self, channels: int, layers: int, width: int = 64, rf: int | None = None):
+    def __init__(
+        self, channels: int, layers: int, width: int = 64, rf: int | None = None, padding_mode: str = "zeros"
+    ):
         super().__init__()
-        self.net = BFCNN(channels, channels, layers, width, rf)
+        self.net = BFCNN(channels, channels, layers, width, rf, padding_mode)
         self.rf = self.net.rf
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -107,9 +119,11 @@ class BlindCNN(nn.Module):
 class ConditionalCNN(nn.Module):
     """cCNN_j: [clean low-pass x_j (C), noisy details (3C)] -> noise in the details (3C)."""
 
-    def __init__(self, channels: int, layers: int, width: int = 64, rf: int | None = None):
+    def __init__(
+        self, channels: int, layers: int, width: int = 64, rf: int | None = None, padding_mode: str = "zeros"
+    ):
         super().__init__()
-        self.net = BFCNN(4 * channels, 3 * channels, layers, width, rf)
+        self.net = BFCNN(4 * channels, 3 * channels, layers, width, rf, padding_mode)
         self.rf = self.net.rf
 
     def forward(self, d: torch.Tensor, x_j: torch.Tensor) -> torch.Tensor:
@@ -132,6 +146,7 @@ def cnn_model_spec(
             "channels": channels,
             "layers": cnn.layers_lowpass,
             "width": cnn.channels,
+            "padding_mode": cnn.padding_mode,
         }
     if rf is None:
         raise ValueError(f"a {kind} CNN needs a receptive field rf")
@@ -142,4 +157,5 @@ def cnn_model_spec(
         "layers": cnn.layers_conditional,
         "width": cnn.channels,
         "rf": rf,
+        "padding_mode": cnn.padding_mode,
     }

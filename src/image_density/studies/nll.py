@@ -151,9 +151,8 @@ def evaluate_nll(
             f"{model_path}: a {info['model_spec'].get('arch')!r} model has no energy; "
             "nll needs an energy model"
         )
+    data = load_prepared(data_dir)  # checked (sha256) before the work of log Z
     log_z, plan, train_shape = _model_log_z(cfg, model, info, Path(train_data_dir), batch_size)
-
-    data = load_prepared(data_dir)
     arr = data.split(split)
     n = len(arr) if limit is None else min(limit, len(arr))
     if data.shape != train_shape:

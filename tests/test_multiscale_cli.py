@@ -1,0 +1,206 @@
+"""Multi-scale params, `train-scale` and the evaluation commands end to end on a tiny config."""
+
+import copy
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from image_density import cli
+from image_density.checkpoint import load_model
+from image_density.config import ConfigError, load_config, validate_config
+from image_density.models.cnn import BlindCNN, ConditionalCNN
+from image_density.models.local_energy import LocalEnergyCNN, LocalEnergyModel
+from image_density.multiscale_train import parse_scale, plan_scale
+from image_density.studies.multiscale import lowpass_only, write_png_grid
+from image_density.wavelets import decompose
+
+TRAIN = {"steps": 2, "batch": 4, "ckpt_every": 1, "log_every": 1}
+PARAMS = {
+    "seed": 0,
+    "datasets": {"field": {"kind": "gaussian_field", "size": 16, "n_train": 24, "n_test": 6}},
+    "multiscale": {
+        "datasets": ["field"],
+        "levels": {"field": 2},
+        "rf": [3],
+        "cnn": {"channels": 4, "layers_lowpass": 3, "layers_conditional": 3, "padding_mode": "circular"},
+        "train": TRAIN,
+        "sampler": {"max_iter": 3, "n_samples": 2},
+        "sigmas": [20, 60],
+        "eval_images": 4,
+        "superres_images": 2,
+        "energy": {
+            "unet": {"widths": [2], "mid_width": 2, "convs_per_block": 1, "emb_features": 2, "emb_dim": 4},
+            "emb_features": 2,
+            "emb_dim": 4,
+            "train": {**TRAIN, "t_min": 1e-4, "t_max": 100.0},
+            "likelihood": {"t_max": 100.0, "logz_images": 8, "logz_draws": 2},
+        },
+    },
+}
+NETS = [("denoiser", "lowpass", None), ("denoiser", "0", 3), ("denoiser", "1", 3), ("denoiser", "flat", 3),
+        ("energy", "lowpass", None), ("energy", "0", 3), ("energy", "1", 3)]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(*args) -> int:
+    return cli.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ms")
+    cfg = root / "params.yaml"
+    cfg.write_text(yaml.safe_dump({**PARAMS, "results": str(root / "results")}))
+    assert run("prepare", "--config", cfg, "--dataset", "field") == 0
+    models = {}
+    for family, scale, rf in NETS:
+        out = root / "models" / family / f"{scale}-{rf}"
+        args = ["--rf", rf] if rf else []
+        assert run("train-scale", "--config", cfg, "--dataset", "field", "--model", family, "--scale", scale,
+                   *args, "--out", out, "--ckpt-dir", root / "state" / family / f"{scale}-{rf}",
+                   "--no-progress") == 0  # fmt: skip
+        models[family, scale] = out / "model.pt"
+    return root, cfg, models
+
+
+def test_train_scale_writes_rebuildable_models(project):
+    root, _, models = project
+    cond, info = load_model(models["denoiser", "0"])
+    assert isinstance(cond, ConditionalCNN) and cond.rf == 3
+    assert info["meta"]["scale"] == 0 and info["meta"]["sigma_max"] > 0 and info["step"] == 2
+    energy, info = load_model(models["energy", "1"])
+    assert isinstance(energy, LocalEnergyModel) and info["model_spec"]["padding_mode"] == "circular"
+    assert info["model_spec"]["band_var"] > 0 and info["meta"]["levels"] == 2
+    assert (root / "state/energy/1-3/checkpoint.pt").is_file()
+    # rerunning resumes (nothing left to do) instead of training again
+    assert run("train-scale", "--config", root / "params.yaml", "--dataset", "field", "--model", "energy",
+               "--scale", "1", "--rf", 3, "--out", models["energy", "1"].parent,
+               "--ckpt-dir", root / "state/energy/1-3", "--no-progress") == 0  # fmt: skip
+
+
+def test_denoise_sample_super_resolve_and_nll_commands(project, capsys):
+    root, cfg, models = project
+    denoisers = [p for (family, _), p in models.items() if family == "denoiser"]
+    energies = [p for (family, _), p in models.items() if family == "energy"]
+    out = root / "out"
+    assert run("denoise", "--config", cfg, "--models", *denoisers, "--out", out / "denoising.csv") == 0
+    with open(out / "denoising.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["model"], r["rf"]) for r in rows} == {("multiscale", "3"), ("flat", "3"), ("lowpass-only", "")}
+    assert {r["sigma"] for r in rows} == {"20.0", "60.0"}
+    assert all(np.isfinite(float(r["psnr_out"])) for r in rows)
+    assert float(rows[0]["psnr_in"]) == pytest.approx(20 * np.log10(255 / 20))
+
+    assert run("sample", "--config", cfg, "--models", *denoisers, "--rf", 3, "--out", out / "s.png") == 0
+    assert np.load(out / "s.npy").shape == (2, 2, 1, 16, 16)  # rows: multi-scale, flat
+    assert Image.open(out / "s.png").size[0] > 2 * 16
+
+    assert run("super-resolve", "--config", cfg, "--models", *denoisers, "--rf", 3, "--out", out / "sr.png",
+               "--table", out / "sr.csv") == 0  # fmt: skip
+    grid = np.load(out / "sr.npy")
+    assert grid.shape == (2, 2 + 3, 1, 16, 16)  # per image: original, low-pass only, 2 samples, mean
+    x = torch.from_numpy(grid[:, 0])
+    torch.testing.assert_close(
+        torch.from_numpy(grid[:, 1]), lowpass_only(decompose(x, 2)[0], 2, "haar", "orthonormal")
+    )
+    with open(out / "sr.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["model"] == "multiscale-rf3" and float(row["psnr_lowpass_only"]) > 0
+
+    assert run("multiscale-nll", "--config", cfg, "--models", *energies, "--table", out / "nll.csv") == 0
+    with open(out / "nll.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["model"] == "multiscale-rf3" and row["split"] == "test" and row["n_images"] == "4"
+    parts = sum(
+        float(row[k])
+        for k in ("nll_lowpass_bits_per_dim", "nll_scale0_bits_per_dim", "nll_scale1_bits_per_dim")
+    )
+    assert float(row["nll_bits_per_dim"]) == pytest.approx(parts)  # continuous data: no +8
+    assert float(row["exact_bits_per_dim"]) < 0  # the field's entropy
+    # denoisers and energies do not mix
+    assert run("multiscale-nll", "--config", cfg, "--models", *denoisers, "--table", out / "x.csv") == 2
+    assert "takes energy networks" in capsys.readouterr().err
+
+
+def test_plan_refusals_name_the_option(project):
+    _, cfg_path, _ = project
+    cfg = load_config(cfg_path)
+    for args, message in [
+        (("nope", "denoiser", 0, 3), "not in multiscale.datasets"),
+        (("field", "denoiser", 2, 3), r"j in 0\.\.1"),
+        (("field", "denoiser", 0, 5), r"one of multiscale.rf = \[3\]"),
+        (("field", "denoiser", "lowpass", 3), "no --rf"),
+        (("field", "energy", "flat", 3), "denoiser baseline"),
+        (("field", "score", 0, 3), "--model must be"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            plan_scale(cfg, *args)
+    with pytest.raises(ConfigError, match="--scale must be"):
+        parse_scale("fine")
+    no_energy = validate_config({**PARAMS, "multiscale": {**PARAMS["multiscale"], "energy": None}})
+    with pytest.raises(ConfigError, match="multiscale.energy"):
+        plan_scale(no_energy, "field", "energy", 0, 3)
+
+
+def test_levels_per_dataset():
+    raw = copy.deepcopy(PARAMS)
+    raw["datasets"]["big"] = {"kind": "gaussian_field", "size": 16, "n_train": 4, "n_test": 2}
+    raw["multiscale"]["datasets"] = ["field", "big"]
+    raw["multiscale"]["energy"] = None
+    raw["multiscale"]["levels"] = 2  # one number: every dataset
+    assert validate_config(raw).multiscale.levels == {"field": 2, "big": 2}
+    raw["multiscale"]["levels"] = {"field": 2, "big": 4}
+    assert validate_config(raw).multiscale.levels_of("big") == 4
+    for levels, message in [
+        ({"field": 2}, r"multiscale\.levels: no entry for dataset 'big'"),
+        ({"field": 2, "big": 3, "other": 1}, r"multiscale\.levels\.other: 'other' is not in"),
+        (
+            {"field": 5, "big": 3},
+            r"multiscale\.datasets\.0: dataset 'field' has size 16, not divisible by 2\^5",
+        ),
+        ({"field": 0, "big": 3}, r"multiscale\.levels\.field = 0"),
+    ]:
+        raw["multiscale"]["levels"] = levels
+        with pytest.raises(ConfigError, match=message):
+            validate_config(raw)
+    paper = load_config(Path(__file__).parents[1] / "params/paper.yaml").multiscale
+    assert paper.levels == {"celeba160": 2, "celeba320": 3}
+
+
+def test_png_grid(tmp_path):
+    grid = np.linspace(0, 1, 2 * 3 * 1 * 4 * 4).reshape(2, 3, 1, 4, 4)
+    write_png_grid(grid, tmp_path / "g.png", min_side=8, gap=1)
+    img = np.asarray(Image.open(tmp_path / "g.png"))
+    assert img.shape == (2 * 8 + 1, 3 * 8 + 3 - 1)  # zoom 2, 1-pixel gaps
+    assert img[0, 0] == 0 and img[-1, -1] == 255 and img[8, 0] == 255  # gap rows are white
+    with pytest.raises(ValueError, match="rows, columns"):
+        write_png_grid(grid[0], tmp_path / "bad.png")
+
+
+def test_circular_padding_makes_the_cnns_periodic():
+    # cnn.padding_mode "circular" for periodic images (the Gaussian fields): shift-equivariant networks
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 8, 8)
+    shift = lambda v: torch.roll(v, (3, 5), dims=(2, 3))  # noqa: E731
+    blind = BlindCNN(1, layers=3, width=4, rf=5, padding_mode="circular").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(blind(shift(x)), shift(blind(x)))
+    energy = LocalEnergyModel(LocalEnergyCNN(3, 1, layers=3, width=4, rf=5, padding_mode="circular"))
+    torch.nn.init.normal_(energy.net.convs[-1].weight)
+    d, t = torch.randn(2, 3, 8, 8), torch.full((2,), 0.1)
+    with energy.bind(shift(x)):
+        shifted = energy.energy(shift(d), t)
+    with energy.bind(x):
+        torch.testing.assert_close(shifted, energy.energy(d, t))

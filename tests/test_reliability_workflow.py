@@ -1,0 +1,80 @@
+"""Security basics of the workflow: no params value reaches a shell unquoted; MLflow serves on
+loopback only."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+import yaml
+
+from _workflow_helpers import ROOT, TINY, report, snakemake
+
+pytestmark = pytest.mark.workflow
+
+# a results folder (free text in the params) that a shell would split and run: `touch PWNED`
+HOSTILE = "my results;touch PWNED;x"
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """The tiny params (with generalization models) writing to HOSTILE inside tmp_path."""
+    raw = yaml.safe_load(TINY.read_text())
+    raw["results"] = HOSTILE
+    e = raw["energy"]
+    raw["generalization"] = {"dataset": e["datasets"][0], "n": [2], "unet": e["unet"], "train": e["train"]}
+    path = tmp_path / "hostile.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _commands(out: str) -> list[str]:
+    """The shell commands a `snakemake -n -p` printed (one line each here)."""
+    found = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Shell command:")]
+    return [cmd for cmd in found if cmd != "None"]
+
+
+def test_every_shell_command_quotes_the_params_values(tmp_path, hostile):
+    res = snakemake("-n", "-p", "all", "--configfile", str(hostile), workdir=tmp_path)
+    assert res.returncode == 0, res.stdout
+    commands = _commands(res.stdout)
+    rules = set(re.findall(r"^rule (\w+):", res.stdout, re.M))
+    assert {"prepare_data", "train", "train_generalization", "nll", "nll_table"} <= rules, res.stdout
+    assert len(commands) >= 7 and all("image-density" in cmd for cmd in commands), res.stdout
+    for cmd in commands:
+        lexer = shlex.shlex(cmd, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+        assert ";" not in tokens and "touch" not in tokens, f"the shell would split: {cmd}"
+        assert all(t.startswith(HOSTILE + "/") for t in tokens if "PWNED" in t), cmd
+        assert tokens.count(">") == 1 and tokens[tokens.index(">") + 1].startswith(HOSTILE + "/logs/"), cmd
+
+
+def test_a_job_with_a_hostile_results_path_runs_as_written(tmp_path, hostile):
+    target = f"{HOSTILE}/data/field8/meta.json"
+    res = snakemake("-c1", target, "--configfile", str(hostile), workdir=tmp_path)
+    assert res.returncode == 0, report(res, tmp_path)
+    assert (tmp_path / target).is_file() and (tmp_path / HOSTILE / "data/field8/train.npy").is_file()
+    assert not list(tmp_path.rglob("PWNED")), "a params value was run as a command"
+
+
+def test_mlflow_ui_and_server_bind_to_loopback():
+    import click
+    from mlflow.cli import cli as mlflow_cli
+
+    ctx = click.Context(mlflow_cli)
+    for name in ("ui", "server"):  # `mlflow ui`, as the README says, is an alias of `mlflow server`
+        host = next(p for p in mlflow_cli.get_command(ctx, name).params if p.name == "host")
+        assert host.default == "127.0.0.1", (name, host.default)
+    # and nothing in the project starts one on another interface
+    files = [ROOT / "README.md", ROOT / "Snakefile", ROOT / "dvc.yaml", *ROOT.glob("slurm/*"),
+             *ROOT.glob("workflow/**/*.smk"), *ROOT.glob("src/**/*.py"), *ROOT.glob("benchmarks/*.py"),
+             *ROOT.glob("tests/*.py"), *ROOT.glob("tests/*.sh")]  # fmt: skip
+    any_interface = "0.0." + "0.0"
+    for path in files:
+        text = path.read_text(errors="replace")
+        assert any_interface not in text, path
+        for call in re.findall(r"mlflow\W+(?:ui|server)\b[^\n]*", text):
+            host = re.search(r"(?:--host|-h)[ =,\"']+([\w.:]+)", call)
+            assert host is None or host.group(1) in ("127.0.0.1", "localhost"), (path, call)

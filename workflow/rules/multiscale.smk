@@ -1,0 +1,196 @@
+# Paper 2 (and beyond): per dataset of multiscale.datasets, paper 2's denoisers (the global low-pass
+# CNN, a conditional CNN per scale j and RF, a flat baseline per RF) and, with multiscale.energy, the
+# normalized energies (a UNet on x_J, a conditional energy per scale and RF); then denoising,
+# synthesis, super-resolution and the multi-scale NLL. A network lives in
+# <results>/models/multiscale/<dataset>/<family>/<net>/, net = lowpass, <j>-rf<R> or flat-rf<R>;
+# resumable state in <results>/checkpoints/multiscale/ (not a declared output, as in energy.smk).
+localrules:
+    multiscale_denoising_table,
+    superres_table,
+    multiscale_nll_table,
+
+
+rule train_scale_lowpass:
+    input:
+        **data_files("{dataset}"),
+    output:
+        model=f"{R}/models/multiscale/{{dataset}}/{{family}}/lowpass/model.pt",
+        metrics=f"{R}/models/multiscale/{{dataset}}/{{family}}/lowpass/metrics.jsonl",
+    log:
+        f"{R}/logs/train_scale/{{dataset}}/{{family}}/lowpass.log",
+    wildcard_constraints:
+        family="denoiser|energy",
+    conda:
+        "../envs/image-density.yaml"
+    params:
+        cfg=PARAMS_FILE,
+        spec=ms_train_spec,
+        data=lambda w, input: Path(input.meta).parent,
+        out=lambda w, output: Path(output.model).parent,
+        ckpt=lambda w: f"{R}/checkpoints/multiscale/{w.dataset}/{w.family}/lowpass",
+        launch=launcher,
+    shell:
+        "{params.launch} train-scale --config {params.cfg} --dataset {wildcards.dataset}"
+        " --model {wildcards.family} --scale lowpass --data {params.data} --out {params.out}"
+        " --ckpt-dir {params.ckpt} --no-progress > {log} 2>&1"
+
+
+rule train_scale:
+    input:
+        **data_files("{dataset}"),
+    output:
+        model=f"{R}/models/multiscale/{{dataset}}/{{family}}/{{scale}}-rf{{rf}}/model.pt",
+        metrics=f"{R}/models/multiscale/{{dataset}}/{{family}}/{{scale}}-rf{{rf}}/metrics.jsonl",
+    log:
+        f"{R}/logs/train_scale/{{dataset}}/{{family}}/{{scale}}-rf{{rf}}.log",
+    wildcard_constraints:
+        family="denoiser|energy",
+        scale=r"flat|\d+",
+        rf=r"\d+",
+    conda:
+        "../envs/image-density.yaml"
+    params:
+        cfg=PARAMS_FILE,
+        spec=ms_train_spec,
+        data=lambda w, input: Path(input.meta).parent,
+        out=lambda w, output: Path(output.model).parent,
+        ckpt=lambda w: f"{R}/checkpoints/multiscale/{w.dataset}/{w.family}/{w.scale}-rf{w.rf}",
+        launch=launcher,
+    shell:
+        "{params.launch} train-scale --config {params.cfg} --dataset {wildcards.dataset}"
+        " --model {wildcards.family} --scale {wildcards.scale} --rf {wildcards.rf}"
+        " --data {params.data} --out {params.out} --ckpt-dir {params.ckpt} --no-progress"
+        " > {log} 2>&1"
+
+
+rule multiscale_denoise:
+    input:
+        models=lambda w: ms_models(w.dataset, "denoiser"),
+        data=data_files("{dataset}")["meta"],
+    output:
+        table=f"{R}/multiscale/{{dataset}}/denoising.csv",
+    log:
+        f"{R}/logs/multiscale_denoise/{{dataset}}.log",
+    conda:
+        "../envs/image-density.yaml"
+    params:
+        cfg=PARAMS_FILE,
+        spec=lambda w: spec(MS, "sigmas", "eval_images"),
+        data=lambda w, input: Path(input.data).parent,
+    shell:
+        "image-density denoise --config {params.cfg} --models {input.models}"
+        " --data {params.data} --out {output.table} > {log} 2>&1"
+
+
+rule multiscale_sample:
+    input:
+        models=lambda w: ms_models(w.dataset, "denoiser", [int(w.rf)]),
+    output:
+        png=f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.png",
+        npy=f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.npy",
+    log:
+        f"{R}/logs/multiscale_sample/{{dataset}}/rf{{rf}}.log",
+    wildcard_constraints:
+        rf=r"\d+",
+    conda:
+        "../envs/image-density.yaml"
+    params:
+        cfg=PARAMS_FILE,
+        spec=lambda w: spec(MS, "sampler"),
+    shell:
+        "image-density sample --config {params.cfg} --models {input.models}"
+        " --rf {wildcards.rf} --out {output.png} > {log} 2>&1"
+
+
+rule multiscale_super_resolve:
+    input:
+        models=lambda w: ms_models(w.dataset, "denoiser", [int(w.rf)], flat=False),
+        data=data_files("{dataset}")["meta"],
+    output:
+        png=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.png",
+        npy=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.npy",
+        table=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.csv",
+    log:
+        f"{R}/logs/multiscale_super_resolve/{{dataset}}/rf{{rf}}.log",
+    wildcard_constraints:
+        rf=r"\d+",
+    conda:
+        "../envs/image-density.yaml"
+    params:
+        cfg=PARAMS_FILE,
+        spec=lambda w: spec(MS, "sampler", "superres_images"),
+        data=lambda w, input: Path(input.data).parent,
+    shell:
+        "image-density super-resolve --config {params.cfg} --models {input.models}"
+        " --rf {wildcards.rf} --data {params.data} --out {output.png}"
+        " --table {output.table} > {log} 2>&1"
+
+
+rule multiscale_nll:
+    input:
+        models=lambda w: ms_models(w.dataset, "energy"),
+        data=data_files("{dataset}")["meta"],
+    output:
+        table=f"{R}/multiscale/{{dataset}}/nll_{{split}}.csv",
+    log:
+        f"{R}/logs/multiscale_nll/{{dataset}}/{{split}}.log",
+    conda:
+        "../envs/image-density.yaml"
+    params:
+        cfg=PARAMS_FILE,
+        spec=lambda w: f"{spec(MS.energy, 'likelihood')} {spec(MS, 'eval_images')}",
+        data=lambda w, input: Path(input.data).parent,
+    shell:
+        "image-density multiscale-nll --config {params.cfg} --models {input.models}"
+        " --split {wildcards.split} --data {params.data} --train-data {params.data}"
+        " --table {output.table} > {log} 2>&1"
+
+
+rule multiscale_denoising_table:
+    input:
+        parts=ms_outputs(f"{R}/multiscale/{{dataset}}/denoising.csv", rf=False),
+    output:
+        table=f"{R}/tables/multiscale_denoising.csv",
+    log:
+        f"{R}/logs/multiscale_denoising_table.log",
+    conda:
+        "../envs/image-density.yaml"
+    shell:
+        "image-density collect --key dataset,model,rf,sigma --out {output.table}"
+        " {input.parts} > {log} 2>&1"
+
+
+rule superres_table:
+    input:
+        parts=ms_outputs(f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.csv"),
+    output:
+        table=f"{R}/tables/superres.csv",
+    log:
+        f"{R}/logs/superres_table.log",
+    conda:
+        "../envs/image-density.yaml"
+    shell:
+        "image-density collect --key dataset,model,rf --out {output.table}"
+        " {input.parts} > {log} 2>&1"
+
+
+rule multiscale_nll_table:
+    input:
+        parts=ms_outputs(f"{R}/multiscale/{{dataset}}/nll_test.csv", rf=False),
+    output:
+        table=f"{R}/tables/multiscale_nll.csv",
+    log:
+        f"{R}/logs/multiscale_nll_table.log",
+    conda:
+        "../envs/image-density.yaml"
+    shell:
+        "image-density collect --key dataset,model,split --out {output.table}"
+        " {input.parts} > {log} 2>&1"
+
+
+rule multiscale:
+    input:
+        rules.multiscale_denoising_table.output if MS else [],
+        rules.superres_table.output if MS else [],
+        rules.multiscale_nll_table.output if MS and MS.energy else [],
+        ms_outputs(f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.png"),
