@@ -30,9 +30,9 @@ rule train_scale_lowpass:
         ckpt=lambda w: f"{R}/checkpoints/multiscale/{w.dataset}/{w.family}/lowpass",
         launch=launcher,
     shell:
-        "{params.launch} train-scale --config {params.cfg} --dataset {wildcards.dataset}"
-        " --model {wildcards.family} --scale lowpass --data {params.data} --out {params.out}"
-        " --ckpt-dir {params.ckpt} --no-progress > {log} 2>&1"
+        "{params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
+        " --model {wildcards.family:q} --scale lowpass --data {params.data:q} --out {params.out:q}"
+        " --ckpt-dir {params.ckpt:q} --no-progress > {log:q} 2>&1"
 
 
 rule train_scale:
@@ -57,10 +57,10 @@ rule train_scale:
         ckpt=lambda w: f"{R}/checkpoints/multiscale/{w.dataset}/{w.family}/{w.scale}-rf{w.rf}",
         launch=launcher,
     shell:
-        "{params.launch} train-scale --config {params.cfg} --dataset {wildcards.dataset}"
-        " --model {wildcards.family} --scale {wildcards.scale} --rf {wildcards.rf}"
-        " --data {params.data} --out {params.out} --ckpt-dir {params.ckpt} --no-progress"
-        " > {log} 2>&1"
+        "{params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
+        " --model {wildcards.family:q} --scale {wildcards.scale:q} --rf {wildcards.rf:q}"
+        " --data {params.data:q} --out {params.out:q} --ckpt-dir {params.ckpt:q} --no-progress"
+        " > {log:q} 2>&1"
 
 
 rule multiscale_denoise:
@@ -78,15 +78,20 @@ rule multiscale_denoise:
         spec=lambda w: spec(MS, "sigmas", "eval_images"),
         data=lambda w, input: Path(input.data).parent,
     shell:
-        "image-density denoise --config {params.cfg} --models {input.models}"
-        " --data {params.data} --out {output.table} > {log} 2>&1"
+        "image-density denoise --config {params.cfg:q} --models {input.models:q}"
+        " --data {params.data:q} --out {output.table:q} > {log:q} 2>&1"
 
 
 rule multiscale_sample:
     input:
         models=lambda w: ms_models(w.dataset, "denoiser", [int(w.rf)]),
     output:
-        png=f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.png",
+        png=report(
+            f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.png",
+            caption="../report/samples.rst",
+            category="Paper 2: multi-scale models",
+            subcategory="synthesis",
+        ),
         npy=f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.npy",
     log:
         f"{R}/logs/multiscale_sample/{{dataset}}/rf{{rf}}.log",
@@ -98,8 +103,8 @@ rule multiscale_sample:
         cfg=PARAMS_FILE,
         spec=lambda w: spec(MS, "sampler"),
     shell:
-        "image-density sample --config {params.cfg} --models {input.models}"
-        " --rf {wildcards.rf} --out {output.png} > {log} 2>&1"
+        "image-density sample --config {params.cfg:q} --models {input.models:q}"
+        " --rf {wildcards.rf:q} --out {output.png:q} > {log:q} 2>&1"
 
 
 rule multiscale_super_resolve:
@@ -107,7 +112,12 @@ rule multiscale_super_resolve:
         models=lambda w: ms_models(w.dataset, "denoiser", [int(w.rf)], flat=False),
         data=data_files("{dataset}")["meta"],
     output:
-        png=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.png",
+        png=report(
+            f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.png",
+            caption="../report/superres.rst",
+            category="Paper 2: multi-scale models",
+            subcategory="super-resolution",
+        ),
         npy=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.npy",
         table=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.csv",
     log:
@@ -121,9 +131,9 @@ rule multiscale_super_resolve:
         spec=lambda w: spec(MS, "sampler", "superres_images"),
         data=lambda w, input: Path(input.data).parent,
     shell:
-        "image-density super-resolve --config {params.cfg} --models {input.models}"
-        " --rf {wildcards.rf} --data {params.data} --out {output.png}"
-        " --table {output.table} > {log} 2>&1"
+        "image-density super-resolve --config {params.cfg:q} --models {input.models:q}"
+        " --rf {wildcards.rf:q} --data {params.data:q} --out {output.png:q}"
+        " --table {output.table:q} > {log:q} 2>&1"
 
 
 rule multiscale_nll:
@@ -141,9 +151,9 @@ rule multiscale_nll:
         spec=lambda w: f"{spec(MS.energy, 'likelihood')} {spec(MS, 'eval_images')}",
         data=lambda w, input: Path(input.data).parent,
     shell:
-        "image-density multiscale-nll --config {params.cfg} --models {input.models}"
-        " --split {wildcards.split} --data {params.data} --train-data {params.data}"
-        " --table {output.table} > {log} 2>&1"
+        "image-density multiscale-nll --config {params.cfg:q} --models {input.models:q}"
+        " --split {wildcards.split:q} --data {params.data:q} --train-data {params.data:q}"
+        " --table {output.table:q} > {log:q} 2>&1"
 
 
 rule multiscale_denoising_table:
@@ -156,8 +166,8 @@ rule multiscale_denoising_table:
     conda:
         "../envs/image-density.yaml"
     shell:
-        "image-density collect --key dataset,model,rf,sigma --out {output.table}"
-        " {input.parts} > {log} 2>&1"
+        "image-density collect --key dataset,model,rf,sigma --out {output.table:q}"
+        " {input.parts:q} > {log:q} 2>&1"
 
 
 rule superres_table:
@@ -170,8 +180,8 @@ rule superres_table:
     conda:
         "../envs/image-density.yaml"
     shell:
-        "image-density collect --key dataset,model,rf --out {output.table}"
-        " {input.parts} > {log} 2>&1"
+        "image-density collect --key dataset,model,rf --out {output.table:q}"
+        " {input.parts:q} > {log:q} 2>&1"
 
 
 rule multiscale_nll_table:
@@ -184,8 +194,8 @@ rule multiscale_nll_table:
     conda:
         "../envs/image-density.yaml"
     shell:
-        "image-density collect --key dataset,model,split --out {output.table}"
-        " {input.parts} > {log} 2>&1"
+        "image-density collect --key dataset,model,split --out {output.table:q}"
+        " {input.parts:q} > {log:q} 2>&1"
 
 
 rule multiscale:
