@@ -1,9 +1,10 @@
-# image-density: the whole pipeline, from params to tables. Declarative: rules live in
+# image-density: the whole pipeline, from params to tables, figures, metrics and a report. Declarative: rules live in
 # workflow/rules/*.smk, every number in params/*.yaml, every computation in the `image-density` CLI.
 #
 #   snakemake -c2 all                                   # demo scale (params/demo.yaml)
 #   snakemake -c2 all --configfile params/paper.yaml    # another params file REPLACES demo.yaml
 #   snakemake --profile slurm all                       # paper scale on SLURM (slurm/config.yaml)
+#   snakemake --report results/report.html              # after a run: the figures, captions, provenance
 #
 # Params (workflow/rules/common.smk): a `--configfile` replaces params/demo.yaml instead of being
 # merged into it; `--config KEY=VALUE` still overrides single keys. They are validated before any
@@ -18,11 +19,15 @@ min_version("9.0")
 configfile: "params/demo.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/energy.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/multiscale.smk"
+include: "workflow/rules/studies.smk"
 
 
 rule all:
@@ -32,3 +37,6 @@ rule all:
         rules.energy.input,
         rules.evaluate.input,
         rules.multiscale.input,
+        rules.studies.input,
+        rules.figures.input,
+        rules.metrics.output,

@@ -46,3 +46,17 @@ def test_collect_refuses_duplicate_keys_and_writes_nothing(tmp_path, capsys):
     assert "dataset" in capsys.readouterr().err and not out.exists()
     assert cli.main([*args, str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv" in capsys.readouterr().err and not out.exists()
+
+
+def test_collect_dedupe_keeps_identical_rows_once_and_still_refuses_conflicts(tmp_path, capsys):
+    paper = {"dataset": "imagenet64 (paper)", "model": "energy", "psnr_out": "35.67"}
+    _write(tmp_path / "a.csv", [{"dataset": "x", "model": "energy", "psnr_out": "30"}, paper])
+    _write(tmp_path / "b.csv", [{"dataset": "y", "model": "energy", "psnr_out": "31"}, paper])
+    out = tmp_path / "all.csv"
+    args = ["collect", "--key", "dataset,model", "--dedupe", "--out", str(out)]
+    assert cli.main([*args, str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 0
+    with open(out, newline="") as f:
+        assert [r["dataset"] for r in csv.DictReader(f)] == ["x", "imagenet64 (paper)", "y"]
+    _write(tmp_path / "c.csv", [{"dataset": "x", "model": "energy", "psnr_out": "29"}])
+    assert cli.main([*args, str(tmp_path / "a.csv"), str(tmp_path / "c.csv")]) == 2
+    assert "c.csv" in capsys.readouterr().err

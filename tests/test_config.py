@@ -219,3 +219,19 @@ def test_impossible_combinations_are_refused_by_the_cli_before_any_output(capsys
         err = capsys.readouterr().err
         assert f"invalid params in {cfg}" in err and all(t in err for t in texts), (texts, err)
         assert sorted(p.name for p in Path(tmp).iterdir()) == ["hostile.yaml"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "toy, rule",
+    [
+        ({"sigmas": [1.0, 4.0], "weights": [0.5, 0.4]}, "weights sum 1"),
+        ({"sigmas": [1.0], "weights": [0.5, 0.5]}, "equal lengths"),
+        ({"t_min": 10.0, "t_max": 1.0}, "must be smaller"),
+    ],
+)
+def test_toy_study_mixture_is_checked(toy, rule):
+    bad = copy.deepcopy(DEMO)
+    bad["studies"]["toy"] = toy
+    with pytest.raises(ConfigError, match=rule) as err:
+        validate_config(bad, "bad.yaml")
+    assert "studies.toy" in str(err.value)

@@ -7,6 +7,7 @@ ignored), with tests/params_tiny.yaml as its params/demo.yaml, so dvc.yaml runs 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +19,9 @@ from _workflow_helpers import BIN, ROOT, TINY, env
 
 pytestmark = pytest.mark.workflow
 
-OUTS = ("results/data", "results/models", "results/nll", "results/tables")
+OUTS = tuple(
+    f"results/{out}" for out in ("data", "models", "nll", "multiscale", "studies", "tables", "figures")
+)
 
 
 def run(repo: Path, *cmd: str, timeout: float = 300) -> str:
@@ -56,25 +59,19 @@ def repo(tmp_path_factory):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     params = yaml.safe_load(TINY.read_text())
-    # dvc.yaml names this section; the smallest one there is: one A/B pair, two steps
-    params.setdefault(
-        "generalization",
-        {
-            "dataset": params["energy"]["datasets"][0],
-            "n": [1],
-            "unet": params["energy"]["unet"],
-            "train": {"steps": 2, "batch": 2, "ckpt_every": 2},
-        },
-    )
+    assert {"energy", "generalization", "multiscale", "studies"} <= set(params)  # every stage has work
     (dest / "params" / "demo.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(dest, "git", "init", "-q")
     out = dvc(dest, "repro")
-    assert "Running stage 'data'" in out and "Running stage 'evaluate'" in out, out
+    for stage in ("data", "energy", "evaluate", "multiscale", "studies", "report"):
+        assert f"Running stage '{stage}'" in out, out
     return dest
 
 
 def test_repro_then_nothing_to_do(repo):
-    assert (repo / "results/tables/nll.csv").is_file()
+    for name in ("tables/nll.csv", "tables/nll_study.csv", "tables/multiscale_nll.csv", "figures/toy.png",
+                 "metrics.json", "report.html"):  # fmt: skip
+        assert (repo / "results" / name).is_file(), name
     assert (repo / "dvc.lock").is_file()
     again = dvc(repo, "repro")
     assert "Running stage" not in again and "Data and pipelines are up to date." in again, again
@@ -87,14 +84,18 @@ def test_param_change_reruns_only_what_depends_on_it(repo):
     params["energy"]["train"]["steps"] += 1
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(repo, "repro")
-    assert "Stage 'data' didn't change, skipping" in out, out
-    assert "Running stage 'energy'" in out and "Running stage 'evaluate'" in out, out
+    for stage in ("data", "multiscale"):
+        assert f"Stage '{stage}' didn't change, skipping" in out, out
+    for stage in ("energy", "evaluate", "studies", "report"):
+        assert f"Running stage '{stage}'" in out, out
     after = digests(repo)
     changed = {k for k in before if before[k] != after.get(k)}
     assert any(k.startswith("results/models/energy/") for k in changed), changed
-    assert "results/tables/nll.csv" in changed
-    # Snakemake reran only the jobs whose settings changed: data and the generalization models stay
-    kept = ("results/data/", "results/models/generalization/")
+    assert {"results/tables/nll.csv", "results/tables/nll_study.csv", "results/figures/nll.png"} <= changed
+    # Snakemake reran only the jobs whose settings changed: data, the generalization and multi-scale
+    # models, and the studies that do not read the energy models stay
+    kept = ("results/data/", "results/models/generalization/", "results/models/multiscale/",
+            "results/tables/toy", "results/tables/generalization", "results/tables/multiscale_")  # fmt: skip
     assert not any(k.startswith(kept) for k in changed), changed
     assert "Data and pipelines are up to date." in dvc(repo, "status")
 
@@ -102,6 +103,14 @@ def test_param_change_reruns_only_what_depends_on_it(repo):
 def test_plots_show_the_nll_table(repo):
     out = dvc(repo, "plots", "show", "--json")
     assert '"nll_bits_per_dim"' in out and '"errors"' not in out, out
+
+
+def test_metrics_show_the_headline_numbers(repo):
+    shown = json.loads(dvc(repo, "metrics", "show", "--json"))
+    metrics = shown[""]["data"]["results/metrics.json"]["data"]
+    name = yaml.safe_load((repo / "params/demo.yaml").read_text())["energy"]["datasets"][0]
+    assert isinstance(metrics["nll"][name]["energy_test_bits_per_dim"], float), metrics
+    assert {"denoising", "generalization", "toy", "multiscale_denoising", "multiscale_nll"} <= set(metrics)
 
 
 def test_push_delete_pull_gives_identical_files(repo):

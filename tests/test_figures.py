@@ -267,3 +267,42 @@ def test_figure_command_and_errors(tmp_path, capsys):
 def test_figures_do_not_import_torch():
     code = "import sys, image_density.figures; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def multiscale_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `denoise` table (multi-scale and flat per RF, low-pass only without RF) and the
+    `multiscale-nll` table, of one dataset."""
+    nets = [("multiscale", 5), ("multiscale", 9), ("flat", 5), ("flat", 9), ("lowpass-only", None)]
+    rows = [
+        {"dataset": "faces", "model": model, "rf": rf, "sigma": s, "psnr_in": 20 * np.log10(255 / s),
+         "psnr_out": 30 - s / 20 + (rf or 0) / 10 + (1 if model == "multiscale" else 0)}
+        for s in (20.0, 60.0)
+        for model, rf in nets
+    ]  # fmt: skip
+    nll = pd.DataFrame({"dataset": "faces", "model": ["multiscale-rf5", "multiscale-rf9"], "split": "test",
+                        "rf": [5, 9], "nll_bits_per_dim": [4.1, 3.9], "nll_std_bits_per_dim": [0.2, 0.2],
+                        "exact_bits_per_dim": [3.5, 3.5]})  # fmt: skip
+    return pd.DataFrame(rows).astype({"rf": "Int64"}), nll
+
+
+def test_multiscale_figures(tmp_path):
+    den, nll = multiscale_tables()
+    den.to_csv(tmp_path / "multiscale_denoising.csv", index=False)
+    nll.to_csv(tmp_path / "multiscale_nll.csv", index=False)
+    table = tmp_path / "multiscale_denoising.csv"
+    out = tmp_path / "multiscale_denoising.png"
+    _check_written(figures.make_figure("multiscale_denoising", table, out), out)
+    fig = figures.multiscale_denoising_figure(pd.read_csv(table))
+    labels = {text.get_text() for text in fig.legends[0].get_texts()}
+    assert {"multi-scale RF 5", "flat RF 9", "low-pass only", "noisy input"} <= labels
+    # the ablation: PSNR vs RF, and with the NLL table its panel (the exact NLL dashed)
+    for nll_path, panels in ((tmp_path / "multiscale_nll.csv", 2), (None, 1)):
+        out = tmp_path / f"rf_ablation_{panels}.png"
+        _check_written(figures.make_figure("rf_ablation", table, out, nll=nll_path), out)
+        fig = figures.rf_ablation_figure(pd.read_csv(table), None if nll_path is None else nll)
+        assert len(fig.axes) == panels
+    assert fig.axes[0].get_xlabel().startswith("receptive field")
+
+
+def test_figure_command_knows_every_figure():
+    assert set(cli.FIGURE_NAMES) == set(figures.FIGURES)

@@ -443,3 +443,18 @@ def test_study_command_errors(project, capsys, args, message):
     assert run("study", *args, "--config", cfg, "--out", root / "bad.csv") == 2
     assert message in capsys.readouterr().err
     assert not (root / "bad.csv").exists()
+
+
+def test_study_toy_command_needs_no_models_or_data(tmp_path):
+    raw = {
+        "datasets": {},
+        "studies": {"toy": {"d": 8, "steps": 3, "batch": 8, "hidden": 4, "n_test": 16, "logz_images": 8}},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "tables" / "toy.csv"
+    assert run("study", "toy", "--config", tmp_path / "params.yaml", "--out", out) == 0
+    table, levels = pd.read_csv(out), pd.read_csv(tmp_path / "tables" / "toy_summary.csv")
+    assert set(table.method) == {"closed_form", "single", "dual"} and len(table) == 3 * 16
+    assert set(zip(levels.method, levels.sigma, strict=True)) == {
+        (m, s) for m in ("closed_form", "single", "dual") for s in (1.0, 4.0)
+    }

@@ -6,13 +6,17 @@ Every run uses a temporary working directory (`--directory`), so nothing is writ
 from __future__ import annotations
 
 import csv
+import json
+import re
 import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 
 from _workflow_helpers import BIN, ROOT, TINY, env, report, snakemake
 from image_density.config import load_config
+from image_density.studies.metrics import SECTIONS
 
 pytestmark = pytest.mark.workflow
 
@@ -52,6 +56,8 @@ def test_paper_plans(paper_workdir):
     assert res.returncode == 0, res.stdout
     paper = load_config(ROOT / "params/paper.yaml")
     assert _planned_data(res.stdout) == set(paper.datasets)  # and none of demo.yaml's
+    planned = set(re.findall(r"^rule (\w+):", res.stdout, re.M))
+    assert {"study_nll", "study_generalization", "figure_content", "figure_rf_ablation", "metrics"} <= planned
 
 
 def test_slurm_profile_plans_paper_scale(paper_workdir):
@@ -146,6 +152,26 @@ def test_tiny_pipeline_runs_and_is_then_up_to_date(tmp_path):
         with open(results / f"tables/{table}.csv") as f:
             assert {row["dataset"] for row in csv.DictReader(f)} == set(ms.datasets)
     assert (results / "multiscale" / ms.datasets[0] / "samples-rf3.png").stat().st_size > 0
+    # paper 1's studies, both papers' figures (from the tables), the headline numbers, the report
+    names = cfg.energy.datasets
+    tables = ["nll_study", "denoising", "generalization", "generalization_summary", "toy", "toy_summary"]
+    tables += [f"{study}_{name}" for name in names for study in ("dimensionality", "content")]
+    for table in tables + [f"content_{name}_summary" for name in names]:
+        assert len(pd.read_csv(results / f"tables/{table}.csv")) > 0, table
+    figures = ["nll", "denoising", "generalization", "toy", "multiscale_denoising", "rf_ablation"]
+    figures += [f"{study}_{name}" for name in names for study in ("dimensionality", "content")]
+    for figure in figures:
+        for suffix in (".png", ".pdf"):
+            assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 0, figure
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert set(metrics) == set(SECTIONS), metrics
+    assert isinstance(metrics["nll"][names[0]]["energy_test_bits_per_dim"], float)
+    html = snakemake("--report", "results/report.html", "--configfile", str(TINY), workdir=tmp_path)
+    assert html.returncode == 0, html.stdout
+    page = (results / "report.html").read_text()
+    assert all(f"{figure}.png" in page for figure in figures) and "samples-rf3.png" in page
+    assert "Single versus dual score matching" in page  # a caption, rendered
+    assert "system-message" not in page and "ERROR/" not in html.stdout  # captions are valid rst
     again = snakemake("-n", "all", "--configfile", str(TINY), workdir=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
     # editing the training params reruns the trainings (which resume) and what depends on them only

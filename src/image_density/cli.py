@@ -12,6 +12,10 @@ from pathlib import Path
 
 from image_density.config import ConfigError, load_config, write_schema
 
+# figures.FIGURES' keys, here so that --help does not import matplotlib (test_figures checks they agree)
+FIGURE_NAMES = ("nll", "denoising", "generalization", "dimensionality", "content", "toy",
+                "multiscale_denoising", "rf_ablation")  # fmt: skip
+
 
 def _add_schema(sub) -> None:
     p = sub.add_parser("schema", help="write the JSON schema of the params (generated from config.py)")
@@ -394,12 +398,14 @@ def _add_collect(sub) -> None:
         "collect",
         help="merge the small tables of parallel jobs into one tidy table (a Snakemake gather step)",
         description="Rows of every TABLE in order, columns in first-seen order; rows sharing the values "
-        "of the --key columns are an error.",
+        "of the --key columns are an error (with --dedupe, unless they are identical in every column).",
     )
     p.add_argument("tables", type=Path, nargs="+", metavar="TABLE")
     p.add_argument("--out", type=Path, required=True, help="e.g. results/tables/nll.csv")
     p.add_argument("--key", type=lambda text: text.split(","), default=[],
                    help="comma-separated columns that identify a row, e.g. dataset,model,split")
+    p.add_argument("--dedupe", action="store_true",
+                   help="keep one of rows identical in every column (the paper's rows each part carries)")
     p.set_defaults(func=_collect)
 
 
@@ -411,6 +417,8 @@ def _collect(args) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"table not found: {path}")
         for row in read_rows(path)[1]:
+            if args.dedupe and row in rows:
+                continue
             key = tuple(row.get(k) for k in args.key)
             if args.key and key in seen:
                 raise ValueError(f"rows with {dict(zip(args.key, key, strict=True))} in both {seen[key]} "
@@ -428,9 +436,11 @@ def _add_study(sub) -> None:
         description="nll: the `nll` table + exact NLL, best-Gaussian and uniform baselines, paper values; "
         "denoising: output vs input PSNR (Table 1); generalization: log p_A vs log p_B per N (writes "
         "OUT and OUT_summary.csv); dimensionality: d_eff and E log p_t vs t; content: log p vs content "
-        "of test images (writes OUT, OUT_summary.csv, OUT_extremes.npy). Settings: `studies:` params.",
+        "of test images (writes OUT, OUT_summary.csv, OUT_extremes.npy); toy: single vs dual score "
+        "matching on a Gaussian scale mixture, no models or data (writes OUT and OUT_summary.csv, the "
+        "per-mode levels). Settings: `studies:` params.",
     )
-    p.add_argument("name", choices=["nll", "denoising", "generalization", "dimensionality", "content"])
+    p.add_argument("name", choices=["nll", "denoising", "generalization", "dimensionality", "content", "toy"])
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--models", type=Path, nargs="+", default=[], metavar="MODEL_PT",
                    help="model.pt files written by `train` (all but nll)")
@@ -473,12 +483,16 @@ def _add_figure(sub) -> None:
         "figure",
         help="draw a study's figure from its table(s) -> OUT.png and OUT.pdf",
         description="Reads tables only (and the content study's image array). generalization and "
-        "content also read TABLE_summary.csv, content TABLE_extremes.npy, unless given.",
+        "content also read TABLE_summary.csv, content TABLE_extremes.npy, unless given. Paper 2: "
+        "multiscale_denoising and rf_ablation read the `denoise` table (results/tables/"
+        "multiscale_denoising.csv), rf_ablation also the `multiscale-nll` table given as --nll.",
     )
-    p.add_argument("name", choices=["nll", "denoising", "generalization", "dimensionality", "content", "toy"])
+    p.add_argument("name", choices=sorted(FIGURE_NAMES))
     p.add_argument("--table", type=Path, required=True, help="the study's table (results/tables/NAME.csv)")
     p.add_argument("--summary", type=Path, help="generalization, content: the summary table")
     p.add_argument("--images", type=Path, help="content: the .npy of extreme images")
+    p.add_argument("--nll", type=Path, nargs="?",
+                   help="rf_ablation: the multi-scale NLL table (absent or no value: no NLL panel)")
     p.add_argument("--out", type=Path, required=True, help="e.g. results/figures/nll.png (.pdf beside it)")
     p.set_defaults(func=_figure)
 
@@ -486,13 +500,58 @@ def _add_figure(sub) -> None:
 def _figure(args) -> None:
     from image_density.figures import make_figure
 
-    for path in make_figure(args.name, args.table, args.out, summary=args.summary, images=args.images):
+    kw = dict(summary=args.summary, images=args.images, nll=args.nll)
+    for path in make_figure(args.name, args.table, args.out, **kw):
         print(f"figure {args.name}: {path}")
+
+
+def _add_metrics(sub) -> None:
+    p = sub.add_parser(
+        "metrics",
+        help="collect the headline numbers of the tables into one JSON (DVC metrics, the report)",
+        description="Each option takes the tables of one section, zero or more (several are "
+        "concatenated); a section without tables is left out. Non-finite numbers are written as null.",
+    )
+    for name, what in (
+        ("--nll", "the nll study's table (results/tables/nll_study.csv)"),
+        ("--denoising", "results/tables/denoising.csv"),
+        ("--generalization", "results/tables/generalization_summary.csv"),
+        ("--content", "the content study's summaries (results/tables/content_NAME_summary.csv)"),
+        ("--toy", "results/tables/toy_summary.csv"),
+        ("--multiscale-denoising", "results/tables/multiscale_denoising.csv"),
+        ("--multiscale-nll", "results/tables/multiscale_nll.csv"),
+        ("--superres", "results/tables/superres.csv"),
+    ):
+        p.add_argument(name, type=Path, nargs="*", default=[], metavar="TABLE", help=what)
+    p.add_argument("--out", type=Path, required=True, help="e.g. results/metrics.json")
+    p.set_defaults(func=_metrics)
+
+
+def _metrics(args) -> None:
+    import json
+
+    import pandas as pd
+
+    from image_density.studies.metrics import headline_metrics
+
+    names = ["nll", "denoising", "generalization", "content", "toy", "multiscale_denoising", "multiscale_nll"]
+    paths = {name: getattr(args, name) for name in [*names, "superres"] if getattr(args, name)}
+    missing = [str(p) for group in paths.values() for p in group if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"tables not found: {missing}")
+    # several tables of one kind (e.g. a content summary per dataset) are one table
+    tables = {name: pd.concat(map(pd.read_csv, group), ignore_index=True) for name, group in paths.items()}
+    metrics = headline_metrics(tables)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    tmp.replace(args.out)
+    print(f"metrics: {', '.join(metrics) or 'none'} -> {args.out}")
 
 
 COMMANDS = [
     _add_schema, _add_validate, _add_prepare, _add_track, _add_train, _add_nll, _add_collect,
-    _add_study, _add_figure, _add_train_scale, _add_denoise, _add_sample, _add_super_resolve,
+    _add_study, _add_figure, _add_metrics, _add_train_scale, _add_denoise, _add_sample, _add_super_resolve,
     _add_multiscale_nll,
 ]  # fmt: skip
 

@@ -404,6 +404,33 @@ class ContentStudySpec(Strict):
     wavelet_levels: PositiveInt = 2  # Haar levels whose detail coefficients measure sparsity
 
 
+class ToyStudySpec(Strict):
+    """Fig. 1: single vs dual score matching on a d-dimensional Gaussian scale mixture (studies/toy.py):
+    x = sigma z, sigma in `sigmas` with probabilities `weights`; a radial MLP energy of `hidden` units
+    trained `steps` Adam steps per method; NLL of `n_test` samples, log Z from `logz_images`."""
+
+    d: PositiveInt = 1000
+    sigmas: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 4.0]
+    weights: Annotated[list[PositiveFloat], Field(min_length=1)] = [0.5, 0.5]
+    steps: PositiveInt = 600
+    batch: PositiveInt = 128
+    lr: PositiveFloat = 1e-2
+    t_min: PositiveFloat = 1e-3
+    t_max: PositiveFloat = 1e3
+    hidden: PositiveInt = 64
+    energy_form: Literal["pure", "offset"] = "pure"
+    n_test: Annotated[int, Field(ge=2)] = 400
+    logz_images: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _mixture(self):
+        if len(self.sigmas) != len(self.weights) or abs(sum(self.weights) - 1) > 1e-9:
+            raise ValueError(f"sigmas {self.sigmas} and weights {self.weights}: equal lengths, weights sum 1")
+        if self.t_min >= self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) must be smaller than t_max ({self.t_max})")
+        return self
+
+
 class StudiesSpec(Strict):
     batch: PositiveInt = 64  # images per forward pass
     nll: NllStudySpec = NllStudySpec()
@@ -411,6 +438,7 @@ class StudiesSpec(Strict):
     generalization: GeneralizationStudySpec = GeneralizationStudySpec()
     dimensionality: DimensionalityStudySpec = DimensionalityStudySpec()
     content: ContentStudySpec = ContentStudySpec()
+    toy: ToyStudySpec = ToyStudySpec()
 
 
 # ------------------------------------------------------------------------------------ the config

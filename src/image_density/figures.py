@@ -390,6 +390,110 @@ def toy_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
+# ------------------------------------------------------------------------------ paper 2: RF ablation
+
+
+def _ms_split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(multi-scale, flat, low-pass only) rows of the `denoise` table."""
+    _require(table, ["dataset", "model", "rf", "sigma", "psnr_in", "psnr_out"], "multiscale denoising")
+    return tuple(table[table["model"] == m] for m in ("multiscale", "flat", "lowpass-only"))
+
+
+def _sequential(values) -> dict:
+    """One colour per value of an ordered setting (RF, sigma), light to dark."""
+    values = sorted(set(values))
+    return dict(zip(values, map(to_hex, sns.color_palette("crest", max(len(values), 2))), strict=False))
+
+
+def multiscale_denoising_figure(table: pd.DataFrame) -> Figure:
+    """Paper 2's denoising comparison, per dataset: output PSNR vs noise sigma of the multi-scale
+    denoiser (solid) and the flat one (dashed) per receptive field, of the low-pass-only reconstruction
+    (details set to zero, dotted) and of the noisy input; right: multi-scale minus flat per RF."""
+    ms, flat, low = _ms_split(table)
+    datasets = list(dict.fromkeys(table["dataset"]))
+    rf_colour = _sequential(pd.concat([ms["rf"], flat["rf"]]).dropna().astype(int))
+    fig = Figure(figsize=(10, 3.8 * len(datasets)))
+    for (ax, ax_d), dataset in zip(fig.subplots(len(datasets), 2, squeeze=False), datasets, strict=True):
+        rows = table[table["dataset"] == dataset].sort_values("sigma")
+        inp = rows.groupby("sigma")["psnr_in"].first()
+        ax.plot(inp.index, inp.to_numpy(), color="0.6", linestyle=":", label="noisy input")
+        for kind, frame, style in (("multi-scale", ms, "-"), ("flat", flat, "--")):
+            for rf, r in frame[frame["dataset"] == dataset].sort_values("sigma").groupby("rf"):
+                ax.plot(r["sigma"], r["psnr_out"], color=rf_colour[int(rf)], linestyle=style, markersize=4,
+                        marker="o" if style == "-" else "s", label=f"{kind} RF {int(rf)}")  # fmt: skip
+        r = low[low["dataset"] == dataset].sort_values("sigma")
+        ax.plot(r["sigma"], r["psnr_out"], color=EXACT_COLOUR, linestyle=":", marker="x",
+                label="low-pass only")  # fmt: skip
+        by_rf = {m: rows[rows["model"] == m].pivot_table(index="sigma", columns="rf", values="psnr_out")
+                 for m in ("multiscale", "flat")}  # fmt: skip
+        diff = by_rf["multiscale"] - by_rf["flat"]
+        for rf in diff.columns.dropna():
+            if diff[rf].notna().any():
+                ax_d.plot(diff.index, diff[rf], color=rf_colour[int(rf)], marker="o", label=f"RF {int(rf)}")
+        ax_d.axhline(0, color="0.6", linestyle=":")
+        ax.set(xlabel="noise sigma (of 255)", ylabel="PSNR (dB)", title=f"{dataset}: denoising")
+        ax_d.set(xlabel="noise sigma (of 255)", ylabel="multi-scale - flat output PSNR (dB)",
+                 title=f"{dataset}: multi-scale vs flat, same RF")  # fmt: skip
+        _legend(ax_d, fontsize="x-small")
+    _figure_legend(fig, ax)
+    return fig
+
+
+def _figure_legend(fig: Figure, ax) -> None:
+    """One legend right of the panels, from `ax` (too many lines for a legend inside a panel)."""
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    fig.legend(unique.values(), unique.keys(), loc="outside right upper", fontsize="x-small")
+
+
+def rf_ablation_figure(table: pd.DataFrame, nll: pd.DataFrame | None = None) -> Figure:
+    """The neighbourhood ablation, per dataset: output PSNR vs receptive field per noise sigma for the
+    multi-scale (solid) and flat (dashed) denoisers, low-pass only as dotted levels; with the
+    multi-scale NLL table, its bits/dim vs RF beside (the exact NLL dashed, where known)."""
+    ms, flat, low = _ms_split(table)
+    datasets = list(dict.fromkeys(table["dataset"]))
+    sigma_colour = _sequential(table["sigma"])
+    ncols = 1 if nll is None else 2
+    fig = Figure(figsize=(5.2 * ncols, 3.8 * len(datasets)))
+    axes = fig.subplots(len(datasets), ncols, squeeze=False)
+    for row, dataset in zip(axes, datasets, strict=True):
+        ax = row[0]
+        for kind, frame, style in (("multi-scale", ms, "-"), ("flat", flat, "--")):
+            for sigma, r in frame[frame["dataset"] == dataset].sort_values("rf").groupby("sigma"):
+                ax.plot(r["rf"].astype(int), r["psnr_out"], color=sigma_colour[sigma], linestyle=style,
+                        marker="o" if style == "-" else "s", markersize=4,
+                        label=f"{kind}, sigma {sigma:g}")  # fmt: skip
+        for _, r in low[low["dataset"] == dataset].iterrows():
+            ax.axhline(r["psnr_out"], color=sigma_colour[r["sigma"]], linestyle=":", linewidth=1,
+                       label="low-pass only")  # fmt: skip
+        rfs = sorted(pd.concat([ms["rf"], flat["rf"]]).dropna().astype(int).unique())
+        ax.set(xscale="log", xlabel="receptive field RF (coefficients of scale j)", ylabel="output PSNR (dB)",
+               title=f"{dataset}: denoising vs neighbourhood")  # fmt: skip
+        ax.set_xticks(rfs, [str(rf) for rf in rfs])
+        ax.minorticks_off()
+        if nll is not None:
+            _rf_nll_panel(row[1], nll[nll["dataset"] == dataset], dataset, rfs)
+    _figure_legend(fig, axes[0][0])
+    return fig
+
+
+def _rf_nll_panel(ax, rows: pd.DataFrame, dataset: str, rfs: list[int]) -> None:
+    _require(rows, ["rf", "nll_bits_per_dim"], "multiscale nll")
+    rows = rows.sort_values("rf")
+    # the standard error of the mean: the spread over images would hide differences between RFs
+    sem = rows["nll_std_bits_per_dim"] / np.sqrt(rows["n_images"]) if "n_images" in rows else None
+    ax.errorbar(rows["rf"].astype(int), rows["nll_bits_per_dim"], color=colour("energy"), marker="o",
+                yerr=sem, capsize=2, label="multi-scale energy (± s.e.m.)")  # fmt: skip
+    if "exact_bits_per_dim" in rows and rows["exact_bits_per_dim"].notna().any():
+        exact = rows["exact_bits_per_dim"].dropna().iloc[0]
+        ax.axhline(exact, color=EXACT_COLOUR, linestyle="--", label="exact")
+    ax.set(xscale="log", xlabel="receptive field RF (coefficients of scale j)", ylabel="NLL (bits/dim)",
+           title=f"{dataset}: multi-scale NLL vs neighbourhood")  # fmt: skip
+    ax.set_xticks(rfs, [str(rf) for rf in rfs])
+    ax.minorticks_off()
+    _legend(ax)
+
+
 # ----------------------------------------------------------------------------------- make + save
 
 
@@ -429,15 +533,23 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "dimensionality": dimensionality_figure,
     "content": content_figure,
     "toy": toy_figure,
+    "multiscale_denoising": multiscale_denoising_figure,
+    "rf_ablation": rf_ablation_figure,
 }
 
 
 def make_figure(
-    name: str, table: Path, out: Path, summary: Path | None = None, images: Path | None = None
+    name: str,
+    table: Path,
+    out: Path,
+    summary: Path | None = None,
+    images: Path | None = None,
+    nll: Path | None = None,
 ) -> list[Path]:
     """Draw figure `name` from its table(s) and write out (.png) + .pdf. generalization and content
     also read a summary table (default: the table's _summary.csv sibling); content reads its image
-    array (default: the _extremes.npy sibling) when it exists."""
+    array (default: the _extremes.npy sibling) when it exists; rf_ablation the multi-scale NLL table
+    `nll` when given."""
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r} (known: {sorted(FIGURES)})")
     with matplotlib.rc_context(STYLE):
@@ -450,6 +562,8 @@ def make_figure(
                 raise FileNotFoundError(f"image array not found: {arr}")
             imgs = np.load(arr) if arr.is_file() else None
             fig = content_figure(main, _read_table(summary or sibling(table, "_summary.csv")), imgs)
+        elif name == "rf_ablation":
+            fig = rf_ablation_figure(main, None if nll is None else _read_table(nll))
         else:
             fig = FIGURES[name](main)
     return save_figure(fig, out)

@@ -1,5 +1,6 @@
 # Params and target lists shared by every rules file; no rules here (snakemake --lint).
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -136,3 +137,23 @@ def ms_outputs(pattern, rf=True):
         return []
     rfs = MS.rf if rf else [None]
     return [pattern.format(dataset=d, rf=r) for d in MS.datasets for r in rfs]
+
+
+# the report's categories (`report(..., category=)` of the figures)
+PAPER1, PAPER2 = "Paper 1: energy models", "Paper 2: multi-scale models"
+
+# studies.smk: paper 1's studies evaluate the energy models and plain denoisers of energy.datasets
+ENERGY_DATASETS = CFG.energy.datasets if CFG.energy else []
+GEN = CFG.generalization
+
+
+def study_spec(name):
+    """The settings a study job depends on: its `studies:` section, the batch (it orders the noise
+    draws) and the seed of its randomness."""
+    return f"{spec(CFG.studies, 'batch', name)} seed={CFG.seed}"
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names: `content_{dataset}.csv` must not also read
+    as dataset `<name>_summary` when a rule asks for `content_<name>_summary.csv`."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"

@@ -89,7 +89,7 @@ rule multiscale_sample:
         png=report(
             f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.png",
             caption="../report/samples.rst",
-            category="Paper 2: multi-scale models",
+            category=PAPER2,
             subcategory="synthesis",
         ),
         npy=f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.npy",
@@ -115,7 +115,7 @@ rule multiscale_super_resolve:
         png=report(
             f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.png",
             caption="../report/superres.rst",
-            category="Paper 2: multi-scale models",
+            category=PAPER2,
             subcategory="super-resolution",
         ),
         npy=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.npy",

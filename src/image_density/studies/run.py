@@ -25,9 +25,10 @@ from image_density.studies.denoising import denoising_study
 from image_density.studies.dimensionality import dimensionality_study
 from image_density.studies.generalization import generalization_study
 from image_density.studies.nll import StudyModel, load_study_model, nll_study
+from image_density.studies.toy import mode_levels, toy_study
 
 Outputs = dict[str, pd.DataFrame | np.ndarray]
-STUDIES = ("nll", "denoising", "generalization", "dimensionality", "content")
+STUDIES = ("nll", "denoising", "generalization", "dimensionality", "content", "toy")
 NEEDS_MODELS = ("denoising", "generalization", "dimensionality", "content")
 
 
@@ -100,6 +101,8 @@ def run_study(
         raise FileNotFoundError(f"model files not found: {missing}")
     if name == "nll":
         return _nll(cfg, table, data_dir)
+    if name == "toy":
+        return _toy(cfg)
     loaded = _load_models(cfg, models)
     infos = [info for _, info in loaded]
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -156,6 +159,14 @@ def _nll(cfg: Config, table: Path | None, data_dir: Path | None) -> Outputs:
     spec = cfg.studies.nll
     return {"": nll_study(learned, datasets, baseline_images=spec.baseline_images,
                           batch_size=cfg.studies.batch, device=_device())}  # fmt: skip
+
+
+def _toy(cfg: Config) -> Outputs:
+    """Fig. 1 on synthetic data: no models or data files; the per-mode levels as the summary."""
+    spec = cfg.studies.toy.model_dump()
+    spec.update(sigmas=tuple(spec["sigmas"]), weights=tuple(spec["weights"]), seed=cfg.seed)
+    table = toy_study(**spec)
+    return {"": table, "_summary.csv": mode_levels(table)}
 
 
 def _generalization(cfg: Config, loaded, data_dir: Path | None, gen: torch.Generator) -> Outputs:
