@@ -22,11 +22,15 @@ T_FLOOR = 1e-9
 
 # Sinusoidal features of u = log t - LOG_T_CENTRE. log t, not t: t spans 12 decades, and the densities
 # p_t change on a log scale (-log p_t grows like (d/2) log t), so equal steps in log t matter equally.
-# Frequencies are log-spaced from OMEGA_MIN (half a period over ~60 nats of log t, so the lowest
-# features are monotone in t over [1e-9, 1e3] and beyond) to OMEGA_MAX (period ~1.3 in log t, a factor
-# 3.5 in t): fine enough to follow -log p_t, smooth enough that dU/dt (the time score) stays smooth.
+# Frequencies are log-spaced from OMEGA_MIN (half a period over ~60 nats of log t) to OMEGA_MAX (period
+# ~25 in log t): every feature is smooth in log t. Below the data's smallest variance the loss has
+# almost no signal and U(x, t) must stay what it was at larger t; smooth features carry it there.
+# Measured (16x16 Gaussian field, 400 steps, t_min 1e-5): OMEGA_MAX 5 left U(x, t_min) nearly
+# constant in x (per-image NLL std 4e-4 vs exact 0.066 bits/dim, mean error 0.10); 1.0: 0.005, 0.011;
+# 0.25: 0.048, 0.019 (per-image MAE 0.024); 0.1 is too smooth to follow -log p_t (error 0.47).
+# Denoising is within 0.05 dB of 0.25 and 5 at t <= 0.1.
 LOG_T_CENTRE = math.log(1e-3)
-OMEGA_MIN, OMEGA_MAX = 0.05, 5.0
+OMEGA_MIN, OMEGA_MAX = 0.05, 0.25
 
 
 class Conv2d(nn.Conv2d):
