@@ -72,7 +72,9 @@ def main() -> None:
         emit(rows, dataset=name, figure="nll_bits_per_dim", model="energy", value=float(to_bits(nll).mean()),
              exact=float(to_bits(nll_exact).mean()), entropy=float(entropy_bits),
              error=float(to_bits(nll).mean() - to_bits(nll_exact).mean()),
-             per_image_mae=float(np.abs(to_bits(nll) - to_bits(nll_exact)).mean()))
+             per_image_mae=float(np.abs(to_bits(nll) - to_bits(nll_exact)).mean()),
+             per_image_std=float(to_bits(nll).std()), exact_per_image_std=float(to_bits(nll_exact).std()),
+             per_image_r=float(np.corrcoef(nll, nll_exact)[0, 1]))
         gen = torch.Generator().manual_seed(cfg.seed)
         for t_val in WIENER_T:
             t = torch.full((len(x),), t_val)

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from image_density.config import RESUMABLE_CHANGES
+
 FORMAT = 1
 CKPT_NAME = "checkpoint.pt"
 PREV_NAME = "checkpoint.prev.pt"
@@ -198,10 +200,6 @@ def load_latest(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> tup
     return None
 
 
-# Train settings that may differ between a checkpoint and the run resuming it: more steps extend a
-# run, and the checkpoint/log intervals do not touch the weights. Any other change (lr, batch, t range,
-# seed, EMA, ...) would give weights trained half under one setting and half under another.
-RESUMABLE_CHANGES = frozenset({"steps", "ckpt_every", "log_every"})
 IMAGE_SELECTION = ("subset", "n")  # data meta entries that choose the training images
 
 

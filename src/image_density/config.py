@@ -190,6 +190,12 @@ class UNetSpec(Strict):
         return len(self.widths)
 
 
+# Train settings that may differ between a checkpoint and the run resuming it: more steps extend a
+# run, and the checkpoint/log intervals do not touch the weights. Any other change (lr, batch, t range,
+# seed, EMA, ...) would give weights trained half under one setting and half under another.
+RESUMABLE_CHANGES = frozenset({"steps", "ckpt_every", "log_every"})
+
+
 class TrainSpec(Strict):
     """One training run (train.py): Adam at `lr`, halved every `lr_halve_every` steps; t log-uniform
     on [t_min, t_max]; `batch` is the global batch, split over processes under torchrun; `seed` seeds

@@ -1,4 +1,6 @@
 # Params and target lists shared by every rules file; no rules here (snakemake --lint).
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -7,7 +9,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from image_density.config import ConfigError, validate_config
+from image_density.config import RESUMABLE_CHANGES, ConfigError, validate_config
 
 # A `--configfile` replaces params/demo.yaml rather than being merged into it (Snakemake's default
 # merge would mix demo keys into e.g. a paper run). Decided from the command line, not from
@@ -64,6 +66,31 @@ def spec(model, *fields):
     defaults included), so that editing them, and only them, reruns the job (Snakemake's `params`
     rerun trigger)."""
     return model.model_dump_json(include=set(fields) or None)
+
+
+def _resume_relevant(tree):
+    """A dumped settings tree without the keys a resumed run may change (train steps, intervals)."""
+    if isinstance(tree, dict):
+        return {
+            k: _resume_relevant(v)
+            for k, v in tree.items()
+            if k not in RESUMABLE_CHANGES
+        }
+    return tree
+
+
+def ckpt_dir(path, *settings):
+    """<results>/checkpoints/<path>/<key>: one training's resumable state, in a folder keyed by the
+    settings a checkpoint must share with the run resuming it (`settings`: config models or plain
+    values, minus checkpoint's RESUMABLE_CHANGES). A rerun after preemption, or with more steps,
+    finds the same folder and resumes; a changed lr or UNet trains afresh in a new folder and the old
+    state stays on disk (train.py refuses to mix two trainings in one folder)."""
+    tree = [
+        _resume_relevant(s.model_dump(mode="json") if hasattr(s, "model_dump") else s)
+        for s in (CFG.seed, *settings)
+    ]
+    key = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{R}/checkpoints/{path}/{key}"
 
 
 def data_files(dataset):
@@ -129,6 +156,16 @@ def ms_train_spec(wildcards):
     )
     common = spec(MS, "cnn", "wavelet", "normalization")
     return f"{own} {common} levels={MS.levels_of(wildcards.dataset)}"
+
+
+def ms_settings(wildcards):
+    """ms_train_spec's settings as values, for ckpt_dir."""
+    own = (
+        [MS.train, MS.noise_grid]
+        if wildcards.family == "denoiser"
+        else [MS.energy.model_dump(mode="json", exclude={"likelihood"})]
+    )
+    return [*own, MS.cnn, MS.wavelet, MS.normalization, MS.levels_of(wildcards.dataset)]
 
 
 def ms_outputs(pattern, rf=True):

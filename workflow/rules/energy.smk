@@ -19,7 +19,9 @@ rule train:
         spec=lambda w: spec(CFG.energy, "unet", "train"),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.model).parent,
-        ckpt=lambda w: f"{R}/checkpoints/{w.model}/{w.dataset}",
+        ckpt=lambda w: ckpt_dir(
+            f"{w.model}/{w.dataset}", CFG.energy.unet, CFG.energy.train
+        ),
         launch=launcher,
     shell:
         "{params.launch} train --config {params.cfg:q} --model {wildcards.model:q}"
@@ -42,7 +44,11 @@ rule train_generalization:
         spec=lambda w: spec(CFG.generalization, "unet", "train"),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.model).parent,
-        ckpt=lambda w: f"{R}/checkpoints/generalization/{w.dataset}/{w.subset}{w.n}",
+        ckpt=lambda w: ckpt_dir(
+            f"generalization/{w.dataset}/{w.subset}{w.n}",
+            CFG.generalization.unet,
+            CFG.generalization.train,
+        ),
         launch=launcher,
     shell:
         "{params.launch} train --config {params.cfg:q} --model energy"

@@ -27,7 +27,9 @@ rule train_scale_lowpass:
         spec=ms_train_spec,
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.model).parent,
-        ckpt=lambda w: f"{R}/checkpoints/multiscale/{w.dataset}/{w.family}/lowpass",
+        ckpt=lambda w: ckpt_dir(
+            f"multiscale/{w.dataset}/{w.family}/lowpass", *ms_settings(w)
+        ),
         launch=launcher,
     shell:
         "{params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
@@ -54,7 +56,9 @@ rule train_scale:
         spec=ms_train_spec,
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.model).parent,
-        ckpt=lambda w: f"{R}/checkpoints/multiscale/{w.dataset}/{w.family}/{w.scale}-rf{w.rf}",
+        ckpt=lambda w: ckpt_dir(
+            f"multiscale/{w.dataset}/{w.family}/{w.scale}-rf{w.rf}", *ms_settings(w)
+        ),
         launch=launcher,
     shell:
         "{params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
