@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from image_density.data.gaussian_field import spectrum
@@ -20,10 +19,3 @@ def gaussian_model(channels: int = 1, size: int = 8, mean: float = 0.5) -> Gauss
     return GaussianEnergy(field_eigenvalues(channels, size), mean)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine is shared: torch's thread pool under oversubscription is many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from _gaussian import one_thread  # noqa: F401
-
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

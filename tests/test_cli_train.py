@@ -4,7 +4,6 @@ import csv
 import threading
 
 import pytest
-import torch
 import yaml
 
 from image_density import cli
@@ -15,13 +14,6 @@ from image_density.train import EXIT_INTERRUPTED, EXIT_NONFINITE, Interrupted, N
 UNET = {"widths": [4], "mid_width": 4, "convs_per_block": 1, "emb_features": 2, "emb_dim": 4}
 TRAIN = {"steps": 2, "batch": 4, "t_min": 1.0e-4, "t_max": 100.0, "ckpt_every": 1, "log_every": 1}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

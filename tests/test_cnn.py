@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from _gaussian import one_thread  # noqa: F401  (autouse: one torch thread)
 from image_density.models.cnn import BFCNN, BFBatchNorm, BlindCNN, ConditionalCNN, kernel_sizes
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from _gaussian import field_eigenvalues, gaussian_model, one_thread  # noqa: F401
+from _gaussian import field_eigenvalues, gaussian_model
 from image_density.config import UNetSpec
 from image_density.models import (
     ARCHS,

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from _gaussian import one_thread  # noqa: F401
 from image_density.models import fastgrad
 
 F64 = torch.float64

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from _gaussian import gaussian_model, one_thread  # noqa: F401
+from _gaussian import gaussian_model
 from image_density.likelihood import (
     data_covariance_eigenvalues,
     gaussian_entropy_nats,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from _gaussian import gaussian_model, one_thread  # noqa: F401
+from _gaussian import gaussian_model
 from image_density.losses import denoiser_loss, dsm_term, dual_score_loss, tsm_term
 from image_density.models import DenoiserModel, EnergyModel, GaussianEnergy, UNet
 from image_density.noise import sample_log_uniform_t

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from _dense_gaussian import DenseGaussian, field_covariance, wavelet_gaussians
-from _gaussian import one_thread  # noqa: F401  (autouse: one torch thread)
 from image_density.config import GaussianFieldData
 from image_density.data.gaussian_field import GaussianField
 from image_density.losses import conditional_denoiser_loss, noise_prediction_loss, sample_quadratic_sigma

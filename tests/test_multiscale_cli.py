@@ -46,13 +46,6 @@ NETS = [("denoiser", "lowpass", None), ("denoiser", "0", 3), ("denoiser", "1", 3
         ("energy", "lowpass", None), ("energy", "0", 3), ("energy", "1", 3)]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def run(*args) -> int:
     return cli.main([str(a) for a in args])

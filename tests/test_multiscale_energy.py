@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from _dense_gaussian import field_covariance, wavelet_gaussians
-from _gaussian import one_thread  # noqa: F401  (autouse: one torch thread)
 from _train_helpers import tiny_spec
 from image_density import likelihood
 from image_density.config import GaussianFieldData

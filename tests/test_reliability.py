@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from _train_helpers import SPEC, dual_score, fresh_model, make_images, source, tiny_spec
@@ -33,13 +32,6 @@ UNET = {"widths": [4], "mid_width": 4, "convs_per_block": 1, "emb_features": 2, 
 TRAIN = {"steps": 2, "batch": 4, "t_min": 1.0e-4, "t_max": 100.0, "ckpt_every": 1, "log_every": 1}
 LIKELIHOOD = {"t_max": 100.0, "logz_images": 8, "logz_draws": 1}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_params(root: Path, **changes) -> Path:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from _dense_gaussian import field_covariance, wavelet_gaussians
-from _gaussian import one_thread  # noqa: F401  (autouse: one torch thread)
 from image_density.config import GaussianFieldData, SamplerSpec
 from image_density.data.gaussian_field import GaussianField
 from image_density.models.cnn import BlindCNN, ConditionalCNN

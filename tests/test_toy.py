@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from _gaussian import one_thread  # noqa: F401
 from image_density.studies.toy import mixture_energy, mode_levels, toy_study
 
 

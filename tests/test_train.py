@@ -17,13 +17,6 @@ from image_density.train import EXIT_INTERRUPTED, NonFiniteLoss, lr_at, step_gen
 HELPERS = Path(__file__).with_name("_train_helpers.py")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def weights(path):
     return load_verified(path, kind="model")["model"]

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from _gaussian import one_thread  # noqa: F401
 from image_density.models.unet import ScaleNorm, TimeEmbedding, UNet
 
 
