@@ -5,6 +5,7 @@
 #   snakemake -c2 all --configfile params/paper.yaml    # another params file REPLACES demo.yaml
 #   snakemake --profile slurm all                       # paper scale on SLURM (slurm/config.yaml)
 #   snakemake --report results/report.html              # after a run: the figures, captions, provenance
+#   mlflow ui                                           # every run, logged by workflow/rules/tracking.smk
 #
 # Params (workflow/rules/common.smk): a `--configfile` replaces params/demo.yaml instead of being
 # merged into it; `--config KEY=VALUE` still overrides single keys. They are validated before any
@@ -28,6 +29,7 @@ include: "workflow/rules/energy.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/multiscale.smk"
 include: "workflow/rules/studies.smk"
+include: "workflow/rules/tracking.smk"
 
 
 rule all:
@@ -40,3 +42,4 @@ rule all:
         rules.studies.input,
         rules.figures.input,
         rules.metrics.output,
+        rules.tracking.input,

@@ -13,8 +13,11 @@ TINY = ROOT / "tests" / "params_tiny.yaml"
 
 
 def env() -> dict[str, str]:
-    """The rules call `image-density` by name: put this venv first on PATH (jobs inherit it)."""
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    """The rules call `image-density` by name: put this venv first on PATH (jobs inherit it). The
+    tracking jobs log to sqlite:///mlflow.db in the working directory, never to the user's
+    $MLFLOW_TRACKING_URI."""
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**base, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
 
 
 def snakemake(

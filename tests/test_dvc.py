@@ -63,7 +63,7 @@ def repo(tmp_path_factory):
     (dest / "params" / "demo.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(dest, "git", "init", "-q")
     out = dvc(dest, "repro")
-    for stage in ("data", "energy", "evaluate", "multiscale", "studies", "report"):
+    for stage in ("data", "energy", "evaluate", "multiscale", "studies", "tracking", "report"):
         assert f"Running stage '{stage}'" in out, out
     return dest
 
@@ -73,6 +73,7 @@ def test_repro_then_nothing_to_do(repo):
                  "metrics.json", "report.html"):  # fmt: skip
         assert (repo / "results" / name).is_file(), name
     assert (repo / "dvc.lock").is_file()
+    assert (repo / "mlflow.db").is_file() and (repo / "results/tracking/energy.json").is_file()
     again = dvc(repo, "repro")
     assert "Running stage" not in again and "Data and pipelines are up to date." in again, again
 
@@ -86,7 +87,7 @@ def test_param_change_reruns_only_what_depends_on_it(repo):
     out = dvc(repo, "repro")
     for stage in ("data", "multiscale"):
         assert f"Stage '{stage}' didn't change, skipping" in out, out
-    for stage in ("energy", "evaluate", "studies", "report"):
+    for stage in ("energy", "evaluate", "studies", "tracking", "report"):
         assert f"Running stage '{stage}'" in out, out
     after = digests(repo)
     changed = {k for k in before if before[k] != after.get(k)}

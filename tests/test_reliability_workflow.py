@@ -3,6 +3,7 @@ loopback only."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -35,6 +36,23 @@ def _commands(out: str) -> list[str]:
     return [cmd for cmd in found if cmd != "None"]
 
 
+def _strings(token: str) -> list[str]:
+    """A token, or the strings inside it when it is JSON (the tracking jobs' `--runs`: one argument)."""
+    try:
+        tree = json.loads(token)
+    except ValueError:
+        return [token]
+
+    def walk(node):
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            return [s for v in node for s in walk(v)]
+        return [node] if isinstance(node, str) else []
+
+    return walk(tree)
+
+
 def test_every_shell_command_quotes_the_params_values(tmp_path, hostile):
     res = snakemake("-n", "-p", "all", "--configfile", str(hostile), workdir=tmp_path)
     assert res.returncode == 0, res.stdout
@@ -47,7 +65,8 @@ def test_every_shell_command_quotes_the_params_values(tmp_path, hostile):
         lexer.whitespace_split = True
         tokens = list(lexer)
         assert ";" not in tokens and "touch" not in tokens, f"the shell would split: {cmd}"
-        assert all(t.startswith(HOSTILE + "/") for t in tokens if "PWNED" in t), cmd
+        strings = [v for t in tokens for v in _strings(t)]
+        assert all(v.startswith(HOSTILE + "/") for v in strings if "PWNED" in v), cmd
         assert tokens.count(">") == 1 and tokens[tokens.index(">") + 1].startswith(HOSTILE + "/logs/"), cmd
 
 

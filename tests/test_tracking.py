@@ -70,6 +70,38 @@ def test_folder_hash_sees_names_and_contents(tmp_path):
     assert tracking.file_sha256(a) != tracking.file_sha256(b)
 
 
+def test_parse_runs_names_the_bad_run_and_key():
+    runs = tracking.parse_runs([
+        {"experiment": "e", "run_name": "a", "sections": ["energy.train", ["datasets", "a.b"]],
+         "curves": "m.jsonl", "metrics_key": ["nll", "a.b"], "tables": ["t.csv"], "params": {"n": 1}},
+        {"experiment": "e", "run_name": "b"},
+    ])  # fmt: skip
+    assert runs[0].sections == ("energy.train", ("datasets", "a.b")) and runs[0].tables == (Path("t.csv"),)
+    assert runs[0].curves == Path("m.jsonl") and runs[1].curves is None
+    good = {"experiment": "e", "run_name": "a"}
+    with pytest.raises(ValueError, match=r"runs\[1\]: unknown keys \['curve'\]"):
+        tracking.parse_runs([good, {"experiment": "e", "run_name": "b", "curve": "m.jsonl"}])
+    with pytest.raises(ValueError, match=r"runs\[0\]\.tables: expected a list of paths"):
+        tracking.parse_runs([{"experiment": "e", "run_name": "a", "tables": "t.csv"}])
+    with pytest.raises(ValueError, match=r"runs\[1\]: run e/a is listed twice"):
+        tracking.parse_runs([{"experiment": "e", "run_name": "a"}] * 2)
+
+
+def test_metrics_subtree_and_keys_with_dots(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"nll": {"a.b": {"bits": 4.2, "x": None}}, "toy": {"dual": {"err": 0.1}}}))
+    assert tracking.read_final_metrics(path, ["nll", "a.b"]) == {"bits": 4.2}
+    assert tracking.read_final_metrics(path, "toy") == {"dual.err": 0.1}
+    with pytest.raises(ValueError, match=r"no key 'nll.c' in metrics file .*\['a.b'\]"):
+        tracking.read_final_metrics(path, ["nll", "c"])
+
+
+def test_meta_file_name_agrees_with_the_data_store():
+    from image_density.data.store import META
+
+    assert tracking.DATA_META == META
+
+
 def test_importing_the_package_does_not_import_mlflow():
     code = "import sys, image_density.cli, image_density.tracking; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -148,6 +180,42 @@ def test_cli_track_default_store_in_cwd(tmp_path, monkeypatch):
     assert tags["study"] == "nll" and len(tags["config_sha256"]) == 64
     assert tags["dataset.g.train.npy.sha256"] == "ab12"  # as listed in meta.json, not hashed again
     assert tags["dataset.g.sha256"] == tracking.dataset_tags(data)["dataset.g.sha256"]
+
+
+def test_cli_track_many_runs_in_one_call(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tmp_path / "tiny.yaml"
+    params.write_text("datasets:\n  g.v2: {kind: gaussian_field, size: 8, n_train: 4, n_test: 2}\n")
+    data = tmp_path / "data" / "g.v2"
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text(json.dumps({"sha256": {"train.npy": "ab12"}}))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"nll": {"g.v2": {"bits": 4.2}}}))
+    runs = [
+        {"experiment": "energy", "run_name": "g.v2-energy", "sections": [["datasets", "g.v2"]],
+         "curves": str(write_curves(tmp_path / "m.jsonl", 5)), "datasets": [str(data)], "params": {"n": 3}},
+        {"experiment": "nll", "run_name": "g.v2", "metrics": str(metrics), "metrics_key": ["nll", "g.v2"],
+         "tables": [str(metrics)], "sections": ["seed"]},
+    ]  # fmt: skip
+    marker = tmp_path / "results" / "tracking" / "all.json"
+    args = ["track", "--config", str(params), "--runs", json.dumps(runs), "--out", str(marker)]
+    assert main(args) == 0
+    records = json.loads(marker.read_text())
+    assert [(r["experiment"], r["run_name"], r["reused"]) for r in records] == [
+        ("energy", "g.v2-energy", False), ("nll", "g.v2", False)]  # fmt: skip
+    from mlflow import MlflowClient
+
+    c = MlflowClient(records[0]["tracking_uri"])
+    energy, nll = (c.get_run(r["run_id"]).data for r in records)
+    assert energy.params["datasets.g.v2.size"] == "8" and energy.params["n"] == "3"  # the key with a dot
+    assert energy.tags["dataset.g.v2.train.npy.sha256"] == "ab12" and "config_sha256" in energy.tags
+    assert len(c.get_metric_history(records[0]["run_id"], "loss")) == 5
+    assert nll.metrics == {"bits": 4.2} and nll.params == {"seed": "0"}
+    assert main(args) == 0  # the same files again: both runs left as they are
+    assert [r["reused"] for r in json.loads(marker.read_text())] == [True, True]
+    assert main([*args, "--experiment", "x"]) == 2
+    assert "--runs lists every run: leave out --experiment" in capsys.readouterr().err
 
 
 def test_cli_track_missing_input_fails_before_touching_the_store(tmp_path, monkeypatch, capsys):

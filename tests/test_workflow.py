@@ -171,6 +171,7 @@ def test_tiny_pipeline_runs_and_is_then_up_to_date(tmp_path):
     assert all(f"{figure}.png" in page for figure in figures) and "samples-rf3.png" in page
     assert "Single versus dual score matching" in page  # a caption, rendered
     assert "system-message" not in page and "ERROR/" not in html.stdout  # captions are valid rst
+    _assert_tracked(tmp_path, cfg)
     again = snakemake("-n", "all", "--configfile", str(TINY), workdir=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
     # editing the training params reruns the trainings (which resume) and what depends on them only
@@ -180,3 +181,48 @@ def test_tiny_pipeline_runs_and_is_then_up_to_date(tmp_path):
     assert more.returncode == 0, more.stdout
     assert "params have changed since last execution:\n        train\n" in more.stdout, more.stdout
     assert "rule prepare_data:" not in more.stdout
+
+
+def _assert_tracked(workdir, cfg):
+    """workflow/rules/tracking.smk logged to the working directory's store: a run per trained model
+    with its config section, dataset hash and full loss curve, and a run per evaluation."""
+    from mlflow import MlflowClient
+
+    from image_density import tracking
+
+    c = MlflowClient(f"sqlite:///{workdir / tracking.DB_NAME}")
+
+    def runs(experiment):
+        exp = c.get_experiment_by_name(experiment)
+        assert exp is not None, experiment
+        return {r.info.run_name: r for r in c.search_runs([exp.experiment_id])}  # active runs only
+
+    names, gen, models = cfg.energy.datasets, cfg.generalization, workdir / "results" / "models"
+    trained = {
+        "energy": {f"{d}-{m}": models / m / d for d in names for m in ("energy", "denoiser")},
+        "generalization": {f"{gen.dataset}-{s}{n}": models / "generalization" / gen.dataset / f"{s}{n}"
+                           for n in gen.n for s in "AB"},
+        "multiscale": {"-".join(p.parent.relative_to(models / "multiscale").parts): p.parent
+                       for p in (models / "multiscale").glob("*/*/*/model.pt")},
+    }  # fmt: skip
+    assert len(trained["multiscale"]) == 5  # lowpass, 0-rf3, flat-rf3; energy lowpass, 0-rf3
+    for experiment, folders in trained.items():
+        logged = runs(experiment)
+        assert set(folders) <= set(logged) and set(logged) - set(folders) <= {"study"}, logged
+        for name, folder in folders.items():
+            run = logged[name]
+            assert run.info.status == "FINISHED"
+            assert any(k.startswith(("energy.", "generalization.", "multiscale.")) for k in run.data.params)
+            assert "config_sha256" in run.data.tags
+            assert any(k.startswith("dataset.") and k.endswith(".sha256") for k in run.data.tags)
+            curve = [p for p in tracking.read_curves(folder / "metrics.jsonl") if "loss" in p[2]]
+            assert len(c.get_metric_history(run.info.run_id, "loss")) == len(curve) > 0, name
+    evaluations = {"nll", "denoising", "dimensionality", "content", "toy", "generalization",
+                   "multiscale_denoising", "multiscale_nll", "superres", "synthesis", "metrics"}  # fmt: skip
+    for experiment in evaluations:
+        assert runs(experiment), experiment
+    nll = runs("nll")["study"]
+    assert set(nll.data.metrics) >= {f"{names[0]}.energy_test_bits_per_dim"}, nll.data.metrics
+    assert [f.path for f in c.list_artifacts(nll.info.run_id, "figures")] == ["figures/nll.png"]
+    samples = runs("synthesis")[cfg.multiscale.datasets[0]]
+    assert [f.path for f in c.list_artifacts(samples.info.run_id, "figures")] == ["figures/samples-rf3.png"]

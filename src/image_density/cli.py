@@ -67,13 +67,22 @@ def _key_value(text: str) -> tuple[str, str]:
 def _add_track(sub) -> None:
     p = sub.add_parser(
         "track",
-        help="log a finished training or evaluation to MLflow (replaces the run of the same name)",
-        description="Reads files a job wrote and logs them as one MLflow run; the store is "
-        "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the current directory.",
+        help="log finished trainings or evaluations to MLflow (replaces the runs of the same name)",
+        description="Reads files jobs wrote and logs them as MLflow runs; the store is "
+        "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the current directory. One run: "
+        "--experiment, --run-name and the options below. Many runs in one process (importing mlflow "
+        "costs seconds, a run tens of milliseconds): --runs JSON, a list of objects with the keys "
+        "experiment, run_name and optionally sections (list of keys), params, tags (objects), curves, "
+        "metrics (paths), metrics_key (a key of the metrics JSON: only that subtree), tables, figures, "
+        "artifacts, datasets (lists of paths); e.g. "
+        '\'[{"experiment": "energy", "run_name": "field16-energy", "sections": ["energy.train"], '
+        '"curves": "results/models/energy/field16/metrics.jsonl"}]\'. '
+        "A key is dotted text or a list of its parts (for names holding dots).",
     )
     p.add_argument("--config", type=Path, required=True, help="params file; its resolved values are params")
-    p.add_argument("--experiment", required=True, help="the study, e.g. energy, multiscale, nll")
-    p.add_argument("--run-name", required=True, help="unique within the experiment, e.g. field16-energy")
+    p.add_argument("--runs", help="a JSON list of runs (see above), instead of the one-run options")
+    p.add_argument("--experiment", help="the study, e.g. energy, multiscale, nll")
+    p.add_argument("--run-name", help="unique within the experiment, e.g. field16-energy")
     p.add_argument("--section", action="append", default=[], metavar="KEY",
                    help="log only these dotted config keys as params (repeatable; default: all)")
     p.add_argument("--curves", type=Path, help="metrics.jsonl of per-step values (an int 'step' per line)")
@@ -85,8 +94,13 @@ def _add_track(sub) -> None:
                    help="prepared data folder (or any file/folder): its sha256 as tags dataset.<name>.*")
     p.add_argument("--param", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--tag", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", type=Path, help="write the run's ids here as JSON (a Snakemake output)")
+    p.add_argument("--out", type=Path,
+                   help="write the run's ids here as JSON (--runs: a list, one per run); a Snakemake output")
     p.set_defaults(func=_track)
+
+
+_ONE_RUN = ("experiment", "run_name", "section", "curves", "metrics", "table", "figure", "artifact",
+            "dataset", "param", "tag")  # fmt: skip
 
 
 def _track(args) -> None:
@@ -95,29 +109,34 @@ def _track(args) -> None:
 
     from image_density import tracking
 
+    given = [f"--{name.replace('_', '-')}" for name in _ONE_RUN if getattr(args, name)]
+    if args.runs is not None:
+        if given:
+            raise ValueError(f"--runs lists every run: leave out {' '.join(given)}")
+        try:
+            runs = tracking.parse_runs(json.loads(args.runs))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--runs is not valid JSON: {err}") from None
+    elif not (args.experiment and args.run_name):
+        raise ValueError("give --experiment and --run-name (one run), or --runs JSON (many)")
+    else:
+        runs = [tracking.RunSpec(
+            args.experiment, args.run_name, sections=tuple(args.section), params=dict(args.param),
+            curves=args.curves, metrics=args.metrics, tables=tuple(args.table), figures=tuple(args.figure),
+            artifacts=tuple(args.artifact), datasets=tuple(args.dataset), tags=dict(args.tag),
+        )]  # fmt: skip
     cfg = load_config(args.config).model_dump(mode="json")
-    params = {**tracking.select(cfg, args.section), **dict(args.param)}
-    missing = [str(p) for p in args.dataset if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"--dataset paths do not exist: {missing}")
-    tags = {
-        **tracking.git_tags(),
-        "config_sha256": tracking.config_sha256(cfg),
-        "config_file": str(args.config),
-        **{k: v for p in args.dataset for k, v in tracking.dataset_tags(p).items()},
-        **dict(args.tag),
-    }
-    metrics = tracking.read_final_metrics(args.metrics) if args.metrics else None
-    record = tracking.log_run(
-        args.experiment, args.run_name, params=params, curves=args.curves, metrics=metrics,
-        tables=args.table, figures=args.figure, artifacts=args.artifact, tags=tags,
-    )
-    print(f"{'unchanged' if record.reused else 'logged'} run {record.run_id} "
-          f"({args.experiment}/{args.run_name}) in {record.tracking_uri}")
+    tags = {**tracking.git_tags(), "config_sha256": tracking.config_sha256(cfg),
+            "config_file": str(args.config)}
+    records = tracking.log_runs(runs, cfg, tags=tags)
+    for record in records:
+        print(f"{'unchanged' if record.reused else 'logged'} run {record.run_id} "
+              f"({record.experiment}/{record.run_name}) in {record.tracking_uri}")
     if args.out:
+        ids = [asdict(r) for r in records] if args.runs is not None else asdict(records[0])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
+        tmp.write_text(json.dumps(ids, indent=2) + "\n")
         tmp.replace(args.out)
 
 

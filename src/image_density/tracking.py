@@ -11,6 +11,10 @@ leaves the previous run in place. Metric histories cannot be edited in MLflow, s
 place would mix two trainings' curves. Rerunning with identical inputs (tag `inputs_sha256`) is a
 no-op that returns the existing run.
 
+Batches. Importing mlflow costs ~1-2 s a process and a run then ~25 ms, so the workflow logs each
+group of runs in one process (`log_runs`, `image-density track --runs JSON`, workflow/rules/tracking.smk)
+rather than one process per run.
+
 Concurrency. Many SLURM jobs write one sqlite file. MLflow already sets `PRAGMA busy_timeout = 20000`
 on every session, but SQLite answers "database is locked" without waiting when two transactions would
 deadlock, and creating the tables of a new file races. So: (1) a file lock (`<db>.lock`, fcntl) around
@@ -33,13 +37,14 @@ import re
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 DB_NAME = "mlflow.db"
+DATA_META = "meta.json"  # data/store.py's META, not imported from there: that module imports torch
 _METRICS_PER_BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
 _PARAMS_PER_BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
 _RETRY_DELAYS_S = [0.1 * 2**k for k in range(12)]  # ~7 min in all, plus 20 s busy wait per try
@@ -76,21 +81,33 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def select(tree: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    """The subtrees at dotted `keys` (e.g. "energy", "datasets.field16"), nested as in `tree`;
-    all of `tree` when `keys` is empty."""
+def _key_parts(key: str | Sequence[str]) -> list[str]:
+    return key.split(".") if isinstance(key, str) else [str(part) for part in key]
+
+
+def subtree(tree: Mapping[str, Any], key: str | Sequence[str], what: str = "the config") -> Any:
+    """The value at `key`: dotted text ("energy.train") or a list of parts (["datasets", "a.b"], for
+    names holding dots)."""
+    node: Any = tree
+    parts = _key_parts(key)
+    for i, part in enumerate(parts):
+        if not isinstance(node, Mapping) or part not in node:
+            known = sorted(node) if isinstance(node, Mapping) else []
+            raise ValueError(f"no key {'.'.join(parts[: i + 1])!r} in {what} (there: {known})")
+        node = node[part]
+    return node
+
+
+def select(tree: Mapping[str, Any], keys: Iterable[str | Sequence[str]]) -> dict[str, Any]:
+    """The subtrees at `keys` (dotted, e.g. "energy", "datasets.field16", or lists of parts), nested
+    as in `tree`; all of `tree` when `keys` is empty."""
     keys = list(keys)
     if not keys:
         return dict(tree)
     out: dict[str, Any] = {}
     for key in keys:
-        node: Any = tree
-        parts = key.split(".")
-        for i, part in enumerate(parts):
-            if not isinstance(node, Mapping) or part not in node:
-                known = sorted(node) if isinstance(node, Mapping) else []
-                raise ValueError(f"no key {'.'.join(parts[: i + 1])!r} in the config (there: {known})")
-            node = node[part]
+        node = subtree(tree, key)
+        parts = _key_parts(key)
         target = out
         for part in parts[:-1]:
             target = target.setdefault(part, {})
@@ -107,15 +124,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def read_final_metrics(path: Path) -> dict[str, float]:
-    """A JSON file of numbers (nested allowed, e.g. results/metrics.json) -> {"a.b": value}.
-    Non-numeric leaves are left out, as `dvc metrics show` does."""
+def read_final_metrics(path: Path, key: str | Sequence[str] | None = None) -> dict[str, float]:
+    """A JSON file of numbers (nested allowed, e.g. results/metrics.json) -> {"a.b": value}; with
+    `key` (as `subtree`'s), only that subtree, its names relative to it (key ["nll", "field16"]:
+    "energy_test_bits_per_dim"). Non-numeric leaves are left out, as `dvc metrics show` does."""
     try:
         tree = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"metrics file {path} is not valid JSON: {err}") from None
     if not isinstance(tree, dict):
         raise ValueError(f"metrics file {path}: expected a JSON object at top level")
+    if key is not None:
+        tree = subtree(tree, key, f"metrics file {path}")
+        if not isinstance(tree, dict):
+            raise ValueError(f"metrics file {path}: {'.'.join(_key_parts(key))} is not an object")
     return {k: float(v) for k, v in flatten(tree).items() if _is_number(v)}
 
 
@@ -160,9 +182,7 @@ def file_sha256(path: Path) -> str:
 def dataset_tags(path: Path) -> dict[str, str]:
     """Tags naming the data a run used: `dataset.<name>.sha256`, and for a prepared folder the
     sha256 of each array as listed in its meta.json (paper-scale arrays are not hashed again)."""
-    from image_density.data.store import META
-
-    meta = path / META
+    meta = path / DATA_META
     sums = json.loads(meta.read_text()).get("sha256") if meta.is_file() else None
     if not isinstance(sums, dict) or not sums:
         return {f"dataset.{path.name}.sha256": file_sha256(path)}
@@ -376,3 +396,130 @@ def log_run(
         for run in old:
             _retry(c.delete_run, run.info.run_id)
         return RunRecord(uri, experiment, exp_id, run_name, run_id, reused=False)
+
+
+# ----------------------------------------------------------------------------- many runs, one process
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a batch (`image-density track --runs JSON`, the workflow's tracking jobs), named by
+    the files to log. `sections`: config keys logged as params (as `select`'s; none: all the config);
+    `params`: more params; `metrics` + `metrics_key`: final numbers, the subtree at that key of a JSON
+    file (as `read_final_metrics`'s); `datasets`: prepared data folders, tagged with their sha256."""
+
+    experiment: str
+    run_name: str
+    sections: tuple[str | tuple[str, ...], ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    curves: Path | None = None
+    metrics: Path | None = None
+    metrics_key: str | tuple[str, ...] | None = None
+    tables: tuple[Path, ...] = ()
+    figures: tuple[Path, ...] = ()
+    artifacts: tuple[Path, ...] = ()
+    datasets: tuple[Path, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def files(self) -> list[Path]:
+        single = [p for p in (self.curves, self.metrics) if p is not None]
+        return [*single, *self.tables, *self.figures, *self.artifacts, *self.datasets]
+
+
+_PATHS = {"tables", "figures", "artifacts", "datasets"}
+
+
+def _key(value: Any, where: str) -> str | tuple[str, ...]:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise ValueError(f"{where}: expected a dotted key or a list of key parts, got {value!r}")
+
+
+def parse_runs(runs: Any) -> list[RunSpec]:
+    """A JSON list of run objects (keys: RunSpec's fields; paths as strings, lists for the tuples)
+    -> RunSpecs. Errors name the run and the key; (experiment, run_name) must be unique."""
+    if not isinstance(runs, list):
+        raise ValueError(f"runs: expected a JSON list of run objects, got {type(runs).__name__}")
+    known = {f.name for f in fields(RunSpec)}
+    specs, seen = [], set()
+    for i, run in enumerate(runs):
+        where = f"runs[{i}]"
+        if not isinstance(run, dict):
+            raise ValueError(f"{where}: expected an object, got {run!r}")
+        unknown = sorted(set(run) - known)
+        missing = sorted({"experiment", "run_name"} - set(run))
+        if unknown or missing:
+            raise ValueError(
+                f"{where}: unknown keys {unknown}, missing keys {missing} (known: {sorted(known)})"
+            )
+        kw: dict[str, Any] = {}
+        for name, value in run.items():
+            at = f"{where}.{name}"
+            if name in ("experiment", "run_name"):
+                if not isinstance(value, str) or not value:
+                    raise ValueError(f"{at}: expected a non-empty string, got {value!r}")
+                kw[name] = value
+            elif name in ("curves", "metrics"):
+                if not isinstance(value, str):
+                    raise ValueError(f"{at}: expected a path, got {value!r}")
+                kw[name] = Path(value)
+            elif name in _PATHS:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"{at}: expected a list of paths, got {value!r}")
+                kw[name] = tuple(map(Path, value))
+            elif name == "sections":
+                if not isinstance(value, list):
+                    raise ValueError(f"{at}: expected a list of keys, got {value!r}")
+                kw[name] = tuple(_key(v, at) for v in value)
+            elif name == "metrics_key":
+                kw[name] = _key(value, at)
+            else:  # params, tags
+                if not isinstance(value, dict):
+                    raise ValueError(f"{at}: expected an object, got {value!r}")
+                kw[name] = {str(k): (str(v) if name == "tags" else v) for k, v in value.items()}
+        spec = RunSpec(**kw)
+        if (spec.experiment, spec.run_name) in seen:
+            raise ValueError(f"{where}: run {spec.experiment}/{spec.run_name} is listed twice")
+        seen.add((spec.experiment, spec.run_name))
+        specs.append(spec)
+    return specs
+
+
+def log_runs(
+    runs: Iterable[RunSpec],
+    config: Mapping[str, Any],
+    *,
+    tags: Mapping[str, str] | None = None,
+    uri: str | None = None,
+) -> list[RunRecord]:
+    """Log each run as `log_run` does, in this one process: importing mlflow costs seconds, a run
+    then tens of milliseconds. `config`: the resolved params (`sections` select from it); `tags`:
+    common to every run (git commit, config hash). Every run's files are checked and its params,
+    metrics and dataset tags read before the store is touched, so a missing or bad file logs
+    nothing; a run whose files did not change since it was logged is left as it is."""
+    runs = list(runs)
+    missing = sorted({str(p) for run in runs for p in run.files() if not p.exists()})
+    if missing:
+        raise FileNotFoundError(f"files to log do not exist: {missing}")
+    data_tags: dict[Path, dict[str, str]] = {}  # a dataset shared by many runs is read once
+    prepared = []
+    for run in runs:
+        for folder in run.datasets:
+            if folder not in data_tags:
+                data_tags[folder] = dataset_tags(folder)
+        data = {k: v for folder in run.datasets for k, v in data_tags[folder].items()}
+        run_tags = {**(tags or {}), **data, **run.tags}
+        metrics = read_final_metrics(run.metrics, run.metrics_key) if run.metrics else None
+        if run.curves:
+            read_curves(run.curves)  # a malformed line fails here, before any run is logged
+        params = {**select(config, run.sections), **run.params}
+        prepared.append((run, params, metrics, run_tags))
+    return [
+        log_run(
+            run.experiment, run.run_name, params=params, curves=run.curves, metrics=metrics,
+            tables=run.tables, figures=run.figures, artifacts=run.artifacts, tags=run_tags, uri=uri,
+        )
+        for run, params, metrics, run_tags in prepared
+    ]  # fmt: skip

@@ -194,3 +194,244 @@ def one_of(names):
     """A wildcard constraint matching exactly these names: `content_{dataset}.csv` must not also read
     as dataset `<name>_summary` when a rule asks for `content_<name>_summary.csv`."""
     return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+# tracking.smk: the runs each tracking job logs, as `image-density track --runs` takes them; the
+# job's inputs are the files they name (track_inputs), so a rerun of a model reruns its tracking
+def track_run(experiment, run_name, **files):
+    """One run of `image-density track --runs` (tracking.RunSpec's keys); empty keys left out."""
+    return {"experiment": experiment, "run_name": run_name} | {
+        k: v for k, v in files.items() if v
+    }
+
+
+def data_dir(dataset):
+    return str(Path(data_files(dataset)["meta"]).parent)
+
+
+def dataset_section(dataset):
+    """The params of one dataset, as key parts: a dataset's name may hold dots."""
+    return ["datasets", dataset]
+
+
+def model_run(experiment, name, folder, dataset, sections, params):
+    """A trained model in `folder`: its config sections (and the dataset's), the curves of its
+    metrics.jsonl, the dataset's sha256 as tags."""
+    return track_run(
+        experiment,
+        name,
+        sections=[*sections, dataset_section(dataset), "seed"],
+        params=params,
+        curves=f"{folder}/metrics.jsonl",
+        datasets=[data_dir(dataset)],
+    )
+
+
+def energy_runs():
+    sections = ["energy.unet", "energy.train"]
+    return [
+        model_run(
+            "energy", f"{d}-{m}", f"{R}/models/{m}/{d}", d, sections, {"model": m}
+        )
+        for d in ENERGY_DATASETS
+        for m in ("energy", "denoiser")
+    ]
+
+
+def generalization_runs():
+    sections = ["generalization.unet", "generalization.train"]
+    d = GEN.dataset
+    return [
+        model_run(
+            "generalization",
+            f"{d}-{s}{n}",
+            f"{R}/models/generalization/{d}/{s}{n}",
+            d,
+            sections,
+            {"model": "energy", "subset": s, "n": n},
+        )
+        for n in GEN.n
+        for s in "AB"
+    ]
+
+
+def multiscale_runs():
+    """One run per network, with ms_train_spec's sections (its family's, the shared ones, its J)."""
+    shared = ["multiscale.cnn", "multiscale.wavelet", "multiscale.normalization"]
+    own = {"denoiser": ["multiscale.train", "multiscale.noise_grid"]}
+    if MS.energy is not None:
+        fields = sorted(set(type(MS.energy).model_fields) - {"likelihood"})
+        own["energy"] = [f"multiscale.energy.{k}" for k in fields]
+    return [
+        model_run(
+            "multiscale",
+            f"{d}-{family}-{net}",
+            f"{R}/models/multiscale/{d}/{family}/{net}",
+            d,
+            [*own[family], *shared, ["multiscale", "levels", d]],
+            {"family": family, "net": net},
+        )
+        for d in MS.datasets
+        for family in own
+        for net in ms_nets(d, family)
+    ]
+
+
+def eval_run(experiment, name, key=None, **files):
+    """An evaluation; `key`: its section of metrics.json as final metrics ([]: all of it)."""
+    metrics = f"{R}/metrics.json" if key is not None else None
+    return track_run(experiment, name, metrics=metrics, metrics_key=key, **files)
+
+
+def study_sections(name):
+    return [f"studies.{name}", "studies.batch", "seed"]
+
+
+def study_runs():
+    """The evaluations: per study its tables, figures (PNG) and section of metrics.json."""
+    tables, figures, ms = f"{R}/tables", f"{R}/figures", f"{R}/multiscale"
+    runs = [
+        eval_run(
+            "toy",
+            "study",
+            ["toy"],
+            sections=study_sections("toy"),
+            tables=[f"{tables}/toy.csv", f"{tables}/toy_summary.csv"],
+            figures=[f"{figures}/toy.png"],
+        ),
+        eval_run("metrics", "headline", [], artifacts=[f"{R}/metrics.json"]),
+    ]
+    for d in ENERGY_DATASETS:
+        runs.append(
+            eval_run(
+                "nll",
+                d,
+                ["nll", d],
+                sections=["energy.likelihood", dataset_section(d)],
+                tables=[f"{R}/nll/{d}/test.csv", f"{R}/nll/{d}/test.per_image.csv"],
+                datasets=[data_dir(d)],
+            )
+        )
+    if CFG.energy:
+        runs.append(
+            eval_run(
+                "nll",
+                "study",
+                ["nll"],
+                sections=study_sections("nll"),
+                tables=[f"{tables}/nll.csv", f"{tables}/nll_study.csv"],
+                figures=[f"{figures}/nll.png"],
+            )
+        )
+        runs.append(
+            eval_run(
+                "denoising",
+                "study",
+                ["denoising"],
+                sections=study_sections("denoising"),
+                tables=[f"{tables}/denoising.csv"],
+                figures=[f"{figures}/denoising.png"],
+            )
+        )
+    for d in ENERGY_DATASETS:
+        runs.append(
+            eval_run(
+                "dimensionality",
+                d,
+                sections=study_sections("dimensionality"),
+                tables=[f"{tables}/dimensionality_{d}.csv"],
+                figures=[f"{figures}/dimensionality_{d}.png"],
+            )
+        )
+        runs.append(
+            eval_run(
+                "content",
+                d,
+                ["content", d],
+                sections=study_sections("content"),
+                tables=[
+                    f"{tables}/content_{d}.csv",
+                    f"{tables}/content_{d}_summary.csv",
+                ],
+                figures=[f"{figures}/content_{d}.png"],
+            )
+        )
+    if GEN:
+        runs.append(
+            eval_run(
+                "generalization",
+                "study",
+                ["generalization"],
+                sections=study_sections("generalization"),
+                tables=[
+                    f"{tables}/generalization.csv",
+                    f"{tables}/generalization_summary.csv",
+                ],
+                figures=[f"{figures}/generalization.png"],
+            )
+        )
+    if MS:
+        runs.append(
+            eval_run(
+                "multiscale_denoising",
+                "study",
+                ["multiscale_denoising"],
+                sections=["multiscale.sigmas", "multiscale.eval_images", "seed"],
+                tables=[f"{tables}/multiscale_denoising.csv"],
+                figures=[
+                    f"{figures}/multiscale_denoising.png",
+                    f"{figures}/rf_ablation.png",
+                ],
+            )
+        )
+    for d in MS.datasets if MS else []:
+        runs.append(
+            eval_run(
+                "synthesis",
+                d,
+                sections=["multiscale.sampler", "seed"],
+                figures=[f"{ms}/{d}/samples-rf{rf}.png" for rf in MS.rf],
+            )
+        )
+        runs.append(
+            eval_run(
+                "superres",
+                d,
+                ["superres", d],
+                sections=["multiscale.sampler", "multiscale.superres_images", "seed"],
+                tables=[f"{ms}/{d}/superres-rf{rf}.csv" for rf in MS.rf],
+                figures=[f"{ms}/{d}/superres-rf{rf}.png" for rf in MS.rf],
+            )
+        )
+        if MS.energy:
+            runs.append(
+                eval_run(
+                    "multiscale_nll",
+                    d,
+                    ["multiscale_nll", d],
+                    sections=["multiscale.energy.likelihood", "multiscale.eval_images"],
+                    tables=[f"{ms}/{d}/nll_test.csv"],
+                    datasets=[data_dir(d)],
+                )
+            )
+    return runs
+
+
+def track_inputs(runs):
+    """A tracking job's inputs: every file its runs log (a data folder: its meta.json)."""
+    single = {k: [r[k] for r in runs if k in r] for k in ("curves", "metrics")}
+    lists = {
+        k: [p for r in runs for p in r.get(k, [])]
+        for k in ("tables", "figures", "artifacts")
+    }
+    data = [f"{p}/meta.json" for r in runs for p in r.get("datasets", [])]
+    named = {**single, **lists, "data": data}
+    return {k: sorted(set(v)) for k, v in named.items() if v}
+
+
+TRACKED = {
+    "energy": energy_runs() if CFG.energy else [],
+    "generalization": generalization_runs() if GEN else [],
+    "multiscale": multiscale_runs() if MS else [],
+    "studies": study_runs(),
+}
