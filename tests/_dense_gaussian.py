@@ -14,6 +14,8 @@ import math
 import numpy as np
 import torch
 
+from image_density.config import GaussianFieldData
+from image_density.data.gaussian_field import GaussianField
 from image_density.wavelets import dwt
 
 
@@ -102,3 +104,12 @@ def wavelet_gaussians(cov, mean, shape, levels, wavelet="haar", normalization="o
         cov, mean = s[:nl, :nl], m[:nl]
         shape = (shape[0], shape[1] // 2, shape[2] // 2)
     return DenseGaussian(cov, mean), conditionals
+
+
+def field_wavelet_gaussians(size: int, levels: int):
+    """A default size x size Gaussian field and its exact wavelet-domain Gaussians:
+    (GaussianField, x_J marginal, [conditional of d_j for j = 0 ... J-1])."""
+    f = GaussianField(GaussianFieldData(kind="gaussian_field", size=size, n_train=1, n_test=1))
+    cov = field_covariance(f.eigenvalues)
+    mean = torch.full((cov.shape[0],), f.spec.mean, dtype=torch.float64)
+    return f, *wavelet_gaussians(cov, mean, (1, size, size), levels)

@@ -7,11 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from _dense_gaussian import field_covariance, wavelet_gaussians
+from _dense_gaussian import field_wavelet_gaussians
 from _train_helpers import tiny_spec
 from image_density import likelihood
-from image_density.config import GaussianFieldData
-from image_density.data.gaussian_field import GaussianField
 from image_density.models import build_model
 from image_density.models.gaussian import GaussianEnergy
 from image_density.models.local_energy import LocalEnergyCNN
@@ -67,10 +65,7 @@ class ExactConditional(ExactLowpass):
 
 @pytest.fixture(scope="module")
 def field():
-    f = GaussianField(GaussianFieldData(kind="gaussian_field", size=N, n_train=1, n_test=1))
-    cov = field_covariance(f.eigenvalues)
-    mean = torch.full((cov.shape[0],), f.spec.mean, dtype=torch.float64)
-    low, conds = wavelet_gaussians(cov, mean, (1, N, N), LEVELS)
+    f, low, conds = field_wavelet_gaussians(N, LEVELS)
     return f, GaussianEnergy(torch.from_numpy(f.eigenvalues), f.spec.mean), low, conds
 
 

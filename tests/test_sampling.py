@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from _dense_gaussian import field_covariance, wavelet_gaussians
-from image_density.config import GaussianFieldData, SamplerSpec
+from _dense_gaussian import field_wavelet_gaussians
+from image_density.config import SamplerSpec
 from image_density.data.gaussian_field import GaussianField
 from image_density.models.cnn import BlindCNN, ConditionalCNN
 from image_density.models.gaussian import GaussianEnergy
@@ -21,10 +21,7 @@ SPEC = SamplerSpec(h0=0.01, beta_lowpass=0.1, beta_details=0.3, sigma_0=1.0, sig
 
 @pytest.fixture(scope="module")
 def field():
-    f = GaussianField(GaussianFieldData(kind="gaussian_field", size=N, n_train=1, n_test=1))
-    cov = field_covariance(f.eigenvalues)
-    mean = torch.full((cov.shape[0],), f.spec.mean, dtype=torch.float64)
-    low, conds = wavelet_gaussians(cov, mean, (1, N, N), LEVELS)
+    f, low, conds = field_wavelet_gaussians(N, LEVELS)
 
     def lowpass_denoiser(y):
         return blind_denoise(y, low.denoise, low.dU_dt, *T_RANGE)
