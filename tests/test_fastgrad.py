@@ -124,6 +124,16 @@ def test_zero_images_and_untracked_paths():
     )
     with torch.no_grad():
         assert fastgrad.scale_norm(z, gamma, 1e-5).abs().max() == 0
+    # float32 far from 0 (centring cancels): the untracked two-pass norm (NLL) = the training path's
+    g = torch.Generator().manual_seed(3)
+    z = 100 + 0.01 * torch.randn(2, 3, 8, 8, generator=g)
+    gamma = torch.randn(2, 3, 1, 1, generator=g)
+    with torch.no_grad():
+        untracked = fastgrad.scale_norm(z, gamma, 1e-5)
+    tracked = fastgrad.scale_norm(z, gamma.requires_grad_(True), 1e-5)
+    torch.testing.assert_close(untracked, tracked.detach(), rtol=1e-4, atol=1e-4)
+    plain = _plain_norm(z.double(), gamma.double(), 1e-5)
+    torch.testing.assert_close(untracked.double(), plain, rtol=1e-4, atol=1e-4)
 
 
 def test_autocast_keeps_one_dtype_through_the_double_backward():

@@ -270,14 +270,19 @@ def test_figures_do_not_import_torch():
 
 
 def multiscale_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The `denoise` table (multi-scale and flat per RF, low-pass only without RF) and the
-    `multiscale-nll` table, of one dataset."""
+    """The `denoise` table (multi-scale and flat per RF, low-pass only without RF, and paper rows of
+    another dataset, as studies.multiscale.paper_rows) and the `multiscale-nll` table, of one dataset."""
     nets = [("multiscale", 5), ("multiscale", 9), ("flat", 5), ("flat", 9), ("lowpass-only", None)]
     rows = [
         {"dataset": "faces", "model": model, "rf": rf, "sigma": s, "psnr_in": 20 * np.log10(255 / s),
          "psnr_out": 30 - s / 20 + (rf or 0) / 10 + (1 if model == "multiscale" else 0)}
         for s in (20.0, 60.0)
         for model, rf in nets
+    ] + [
+        {"dataset": "celeba160 gray (paper)", "model": "flat", "rf": rf, "sigma": s, "source": "paper",
+         "psnr_in": 20 * np.log10(255 / s), "psnr_out": 31 - s / 20 + rf / 40}
+        for s in (20.0, 60.0)
+        for rf in (5, 43)
     ]  # fmt: skip
     nll = pd.DataFrame({"dataset": "faces", "model": ["multiscale-rf5", "multiscale-rf9"], "split": "test",
                         "rf": [5, 9], "nll_bits_per_dim": [4.1, 3.9], "nll_std_bits_per_dim": [0.2, 0.2],
@@ -294,13 +299,17 @@ def test_multiscale_figures(tmp_path):
     _check_written(figures.make_figure("multiscale_denoising", table, out), out)
     fig = figures.multiscale_denoising_figure(pd.read_csv(table))
     labels = {text.get_text() for text in fig.legends[0].get_texts()}
-    assert {"multi-scale RF 5", "flat RF 9", "low-pass only", "noisy input"} <= labels
+    expected = {"multi-scale RF 5", "flat RF 9", "low-pass only", "noisy input", "paper: flat (CelebA-160)"}
+    assert expected <= labels
+    assert len(fig.axes) == 2  # one dataset's row: the paper's rows are stars on it, not a panel
     # the ablation: PSNR vs RF, and with the NLL table its panel (the exact NLL dashed)
     for nll_path, panels in ((tmp_path / "multiscale_nll.csv", 2), (None, 1)):
         out = tmp_path / f"rf_ablation_{panels}.png"
         _check_written(figures.make_figure("rf_ablation", table, out, nll=nll_path), out)
         fig = figures.rf_ablation_figure(pd.read_csv(table), None if nll_path is None else nll)
         assert len(fig.axes) == panels
+        # the paper's RF 43 on the axis beside ours (its claim: multi-scale small RF ~ flat RF 43)
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["5", "9", "43"]
     assert fig.axes[0].get_xlabel().startswith("receptive field")
 
 

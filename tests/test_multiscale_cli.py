@@ -91,6 +91,11 @@ def test_denoise_sample_super_resolve_and_nll_commands(project, capsys):
     assert run("denoise", "--config", cfg, "--models", *denoisers, "--out", out / "denoising.csv") == 0
     with open(out / "denoising.csv") as f:
         rows = list(csv.DictReader(f))
+    paper = [r for r in rows if r["source"] == "paper"]  # paper 2's flat CelebA-160 denoisers
+    assert len(paper) == 20 and {r["rf"] for r in paper} == {"5", "9", "13", "23", "43"}
+    p43 = next(r for r in paper if r["rf"] == "43" and r["sigma"] == "100.0")
+    assert float(p43["psnr_out"]) == 24.43 and float(p43["psnr_in"]) == pytest.approx(20 * np.log10(2.55))
+    rows = [r for r in rows if r["source"] == "ours"]
     assert {(r["model"], r["rf"]) for r in rows} == {("multiscale", "3"), ("flat", "3"), ("lowpass-only", "")}
     assert {r["sigma"] for r in rows} == {"20.0", "60.0"}
     assert all(np.isfinite(float(r["psnr_out"])) for r in rows)

@@ -393,10 +393,25 @@ def toy_figure(table: pd.DataFrame) -> Figure:
 # ------------------------------------------------------------------------------ paper 2: RF ablation
 
 
-def _ms_split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(multi-scale, flat, low-pass only) rows of the `denoise` table."""
+def _ms_split(table: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """(multi-scale, flat, low-pass only, paper) rows of the `denoise` table; ours only in the first 3."""
     _require(table, ["dataset", "model", "rf", "sigma", "psnr_in", "psnr_out"], "multiscale denoising")
-    return tuple(table[table["model"] == m] for m in ("multiscale", "flat", "lowpass-only"))
+    ours, _, paper = _split(table)
+    return (*(ours[ours["model"] == m] for m in ("multiscale", "flat", "lowpass-only")), paper)
+
+
+def _paper_flat(ax, paper: pd.DataFrame, x: str, rfs=None, sigma_colour=None) -> None:
+    """Paper 2's flat denoisers (CelebA-160) as stars at (x, output PSNR); only RFs in `rfs` if given;
+    with sigma_colour (sigma -> colour), each sigma's stars in its colour, edged in the paper's red."""
+    rows = paper if rfs is None else paper[paper["rf"].isin(rfs)]
+    label = "paper: flat (CelebA-160)"
+    if sigma_colour is None:
+        if len(rows):
+            ax.scatter(rows[x].astype(float), rows["psnr_out"], label=label, **PAPER_MARKER)
+        return
+    for sigma, r in rows[rows["sigma"].isin(sigma_colour)].groupby("sigma"):
+        style = PAPER_MARKER | {"color": sigma_colour[sigma], "edgecolor": PAPER_COLOUR, "linewidth": 1.0}
+        ax.scatter(r[x].astype(float), r["psnr_out"], label=label, **style)
 
 
 def _sequential(values) -> dict:
@@ -408,9 +423,10 @@ def _sequential(values) -> dict:
 def multiscale_denoising_figure(table: pd.DataFrame) -> Figure:
     """Paper 2's denoising comparison, per dataset: output PSNR vs noise sigma of the multi-scale
     denoiser (solid) and the flat one (dashed) per receptive field, of the low-pass-only reconstruction
-    (details set to zero, dotted) and of the noisy input; right: multi-scale minus flat per RF."""
-    ms, flat, low = _ms_split(table)
-    datasets = list(dict.fromkeys(table["dataset"]))
+    (details set to zero, dotted) and of the noisy input; right: multi-scale minus flat per RF. Stars:
+    paper 2's flat denoisers of the same RFs (CelebA-160, 160x160: larger images than the demo's)."""
+    ms, flat, low, paper = _ms_split(table)
+    datasets = list(dict.fromkeys(pd.concat([ms, flat, low])["dataset"]))
     rf_colour = _sequential(pd.concat([ms["rf"], flat["rf"]]).dropna().astype(int))
     fig = Figure(figsize=(10, 3.8 * len(datasets)))
     for (ax, ax_d), dataset in zip(fig.subplots(len(datasets), 2, squeeze=False), datasets, strict=True):
@@ -424,6 +440,7 @@ def multiscale_denoising_figure(table: pd.DataFrame) -> Figure:
         r = low[low["dataset"] == dataset].sort_values("sigma")
         ax.plot(r["sigma"], r["psnr_out"], color=EXACT_COLOUR, linestyle=":", marker="x",
                 label="low-pass only")  # fmt: skip
+        _paper_flat(ax, paper, "sigma", rfs=list(rf_colour))
         by_rf = {m: rows[rows["model"] == m].pivot_table(index="sigma", columns="rf", values="psnr_out")
                  for m in ("multiscale", "flat")}  # fmt: skip
         diff = by_rf["multiscale"] - by_rf["flat"]
@@ -449,10 +466,12 @@ def _figure_legend(fig: Figure, ax) -> None:
 def rf_ablation_figure(table: pd.DataFrame, nll: pd.DataFrame | None = None) -> Figure:
     """The neighbourhood ablation, per dataset: output PSNR vs receptive field per noise sigma for the
     multi-scale (solid) and flat (dashed) denoisers, low-pass only as dotted levels; with the
-    multi-scale NLL table, its bits/dim vs RF beside (the exact NLL dashed, where known)."""
-    ms, flat, low = _ms_split(table)
-    datasets = list(dict.fromkeys(table["dataset"]))
-    sigma_colour = _sequential(table["sigma"])
+    multi-scale NLL table, its bits/dim vs RF beside (the exact NLL dashed, where known). Stars: paper 2's
+    flat denoisers at every RF it reports (CelebA-160), the reference its claim is made against."""
+    ms, flat, low, paper = _ms_split(table)
+    ours = pd.concat([ms, flat, low])
+    datasets = list(dict.fromkeys(ours["dataset"]))
+    sigma_colour = _sequential(ours["sigma"])
     ncols = 1 if nll is None else 2
     fig = Figure(figsize=(5.2 * ncols, 3.8 * len(datasets)))
     axes = fig.subplots(len(datasets), ncols, squeeze=False)
@@ -466,10 +485,12 @@ def rf_ablation_figure(table: pd.DataFrame, nll: pd.DataFrame | None = None) -> 
         for _, r in low[low["dataset"] == dataset].iterrows():
             ax.axhline(r["psnr_out"], color=sigma_colour[r["sigma"]], linestyle=":", linewidth=1,
                        label="low-pass only")  # fmt: skip
+        _paper_flat(ax, paper, "rf", sigma_colour=sigma_colour)
         rfs = sorted(pd.concat([ms["rf"], flat["rf"]]).dropna().astype(int).unique())
+        shown = sorted({*rfs, *paper["rf"].dropna().astype(int)})
         ax.set(xscale="log", xlabel="receptive field RF (coefficients of scale j)", ylabel="output PSNR (dB)",
                title=f"{dataset}: denoising vs neighbourhood")  # fmt: skip
-        ax.set_xticks(rfs, [str(rf) for rf in rfs])
+        ax.set_xticks(shown, [str(rf) for rf in shown])
         ax.minorticks_off()
         if nll is not None:
             _rf_nll_panel(row[1], nll[nll["dataset"] == dataset], dataset, rfs)

@@ -147,25 +147,35 @@ def ms_models(dataset, family, rfs=None, flat=True):
     ]
 
 
-def ms_train_spec(wildcards):
-    """The settings a network depends on: its family's section and the dataset's J."""
-    own = (
-        spec(MS, "train", "noise_grid")
-        if wildcards.family == "denoiser"
-        else MS.energy.model_dump_json(exclude={"likelihood"})
-    )
-    common = spec(MS, "cnn", "wavelet", "normalization")
-    return f"{own} {common} levels={MS.levels_of(wildcards.dataset)}"
+def ms_sections(family):
+    """The fields of multiscale: a network of `family` depends on (dotted, below multiscale:), besides
+    its dataset's J: one list for the rerun trigger, the checkpoint key and the MLflow params.
+    """
+    own = ["train", "noise_grid"]
+    if family == "energy":
+        own = [
+            f"energy.{k}"
+            for k in sorted(set(type(MS.energy).model_fields) - {"likelihood"})
+        ]
+    return [*own, "cnn", "wavelet", "normalization"]
 
 
 def ms_settings(wildcards):
-    """ms_train_spec's settings as values, for ckpt_dir."""
-    own = (
-        [MS.train, MS.noise_grid]
-        if wildcards.family == "denoiser"
-        else [MS.energy.model_dump(mode="json", exclude={"likelihood"})]
-    )
-    return [*own, MS.cnn, MS.wavelet, MS.normalization, MS.levels_of(wildcards.dataset)]
+    """ms_sections' values and the dataset's J, for ckpt_dir and ms_train_spec."""
+    values = []
+    for path in ms_sections(wildcards.family):
+        value = MS
+        for key in path.split("."):
+            value = getattr(value, key)
+        values.append(
+            value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+        )
+    return [*values, MS.levels_of(wildcards.dataset)]
+
+
+def ms_train_spec(wildcards):
+    """The settings a network depends on (Snakemake's `params` rerun trigger)."""
+    return json.dumps(ms_settings(wildcards), sort_keys=True)
 
 
 def ms_outputs(pattern, rf=True):
@@ -256,23 +266,22 @@ def generalization_runs():
 
 
 def multiscale_runs():
-    """One run per network, with ms_train_spec's sections (its family's, the shared ones, its J)."""
-    shared = ["multiscale.cnn", "multiscale.wavelet", "multiscale.normalization"]
-    own = {"denoiser": ["multiscale.train", "multiscale.noise_grid"]}
-    if MS.energy is not None:
-        fields = sorted(set(type(MS.energy).model_fields) - {"likelihood"})
-        own["energy"] = [f"multiscale.energy.{k}" for k in fields]
+    """One run per network, with ms_sections and its J."""
+    families = ["denoiser"] + (["energy"] if MS.energy is not None else [])
     return [
         model_run(
             "multiscale",
             f"{d}-{family}-{net}",
             f"{R}/models/multiscale/{d}/{family}/{net}",
             d,
-            [*own[family], *shared, ["multiscale", "levels", d]],
+            [
+                *(f"multiscale.{p}" for p in ms_sections(family)),
+                ["multiscale", "levels", d],
+            ],
             {"family": family, "net": net},
         )
         for d in MS.datasets
-        for family in own
+        for family in families
         for net in ms_nets(d, family)
     ]
 

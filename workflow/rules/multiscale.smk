@@ -170,7 +170,7 @@ rule multiscale_denoising_table:
     conda:
         "../envs/image-density.yaml"
     shell:
-        "image-density collect --key dataset,model,rf,sigma --out {output.table:q}"
+        "image-density collect --key dataset,model,rf,sigma --dedupe --out {output.table:q}"
         " {input.parts:q} > {log:q} 2>&1"
 
 

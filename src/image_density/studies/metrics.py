@@ -109,7 +109,7 @@ def multiscale_denoising_metrics(table: pd.DataFrame) -> Metrics:
     largest noise sigma, where the receptive field matters most (paper 2's flat RF 5 vs RF 43 on
     CelebA-160: 21.0 vs 24.4 dB at sigma = 100)."""
     out: Metrics = {}
-    for dataset, rows in table.groupby("dataset", sort=False):
+    for dataset, rows in _ours(table).groupby("dataset", sort=False):
         sigma = rows["sigma"].max()
         top = rows[rows["sigma"] == sigma]
         out[str(dataset)] = {

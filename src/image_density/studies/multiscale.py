@@ -40,6 +40,29 @@ from image_density.sampling import super_resolve, synthesize
 from image_density.studies.nll import exact_bits_per_dim
 from image_density.wavelets import decompose, reconstruct
 
+# Paper 2, flat CelebA-160 grayscale denoisers: RF -> output PSNR (dB) at sigma 20 / 40 / 60 / 100.
+PAPER_FLAT = {
+    "sigma": [20.0, 40.0, 60.0, 100.0],
+    5: [29.32, 26.19, 24.05, 21.01],
+    9: [29.88, 27.20, 25.41, 22.95],
+    13: [30.55, 27.67, 25.83, 23.49],
+    23: [31.35, 28.26, 26.47, 24.17],
+    43: [31.46, 28.43, 26.66, 24.43],
+}
+
+
+def paper_rows() -> pd.DataFrame:
+    """PAPER_FLAT as rows of the denoising table (source "paper"); every part carries them, `collect
+    --dedupe` keeps one copy."""
+    rows = [
+        {"dataset": "celeba160 gray (paper)", "model": "flat", "rf": rf, "sigma": s, "source": "paper",
+         "psnr_in": units.t_to_psnr(units.sigma255_to_t(s)), "psnr_out": p}
+        for rf, out in PAPER_FLAT.items() if rf != "sigma"
+        for s, p in zip(PAPER_FLAT["sigma"], out, strict=True)
+    ]  # fmt: skip
+    return pd.DataFrame(rows).astype({"rf": "Int64"})
+
+
 NLL_KEYS = ["dataset", "model", "split"]  # as results/tables/nll.csv
 
 
@@ -158,7 +181,8 @@ def denoising_table(
     batch_size: int = 64,
 ) -> pd.DataFrame:
     """Rows dataset, model ("multiscale" | "flat" | "lowpass-only"), rf, sigma (0..255), psnr_in,
-    psnr_out (mean over images of each image's PSNR), psnr_out_sem, n_images; x (N, C, H, W) clean."""
+    psnr_out (mean over images of each image's PSNR), psnr_out_sem, n_images; x (N, C, H, W) clean.
+    Then paper 2's flat denoisers (paper_rows)."""
     if models.family != "denoiser":
         raise ValueError(f"denoise takes the paper-2 denoisers, got {models.family} networks")
     device = models.device
@@ -192,8 +216,9 @@ def denoising_table(
         t = units.sigma255_to_t(float(s))
         rows.append({"dataset": models.dataset, "model": model, "rf": rf, "sigma": float(s),
                      "psnr_in": units.t_to_psnr(t), "psnr_out": mean, "psnr_out_sem": sem,
-                     "n_images": len(x)})  # fmt: skip
-    return pd.DataFrame(rows).astype({"rf": "Int64"})  # no RF for the low-pass-only rows
+                     "n_images": len(x), "source": "ours"})  # fmt: skip
+    ours = pd.DataFrame(rows).astype({"rf": "Int64"})  # no RF for the low-pass-only rows
+    return pd.concat([ours, paper_rows()], ignore_index=True)
 
 
 @torch.no_grad()
