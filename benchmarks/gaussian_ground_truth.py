@@ -7,6 +7,9 @@ line per figure and write results/<bench>/tables/ground_truth.csv:
   wiener       denoiser MSE vs the exact Wiener filter at t in {1e-3, 1e-2, 1e-1}, in dB
   parity       output PSNR of the energy vs the plain denoiser at the same t
   ode          energy NLL vs the probability-flow ODE NLL of the same model (ode_images images)
+  transport    per noise level t, the model's minus the exact (t/d) E[dU/dt] and (t/2d) E[Laplacian U]
+               (likelihood.transport_integrand), each integrated over log t from t_min (bits/dim):
+               their sum at t_max is minus the NLL error, so it shows where the error accumulates
 
     python benchmarks/gaussian_ground_truth.py --config params/bench-gaussian.yaml
 """
@@ -31,11 +34,35 @@ from image_density.studies.nll import load_study_model
 from image_density.train import train_from_config
 
 WIENER_T = (1e-3, 1e-2, 1e-1)
+TRANSPORT = {"points": 33, "images": 128, "probes": 4}
 
 
 def emit(rows: list[dict], **row) -> None:
     rows.append(row)
     print(json.dumps(row), flush=True)
+
+
+def transport(rows: list[dict], name: str, model, exact, x: torch.Tensor, train, seed: int) -> None:
+    """The transport figure: per t, the learned minus the exact integrand on the same draws, and the
+    running integrals over log t in bits/dim (likelihood.transport_integrand)."""
+    lo, hi = np.log10(train.t_min), np.log10(train.t_max)
+    t_grid = torch.logspace(lo, hi, TRANSPORT["points"], dtype=torch.float64)
+    parts = [
+        likelihood.transport_integrand(m, x, t_grid, TRANSPORT["probes"], torch.Generator().manual_seed(seed))
+        for m in (model, exact)
+    ]  # fmt: skip
+    err_a, err_b = (parts[0][i] - parts[1][i] for i in range(2))
+    log_t = t_grid.log()
+    def cumulative(e):
+        steps = 0.5 * (e[1:] + e[:-1]) * log_t.diff()
+        return torch.cat([e.new_zeros(1), steps.cumsum(0)]) / units.LN2
+
+    cum_a, cum_b = cumulative(err_a), cumulative(err_b)
+    for k, t in enumerate(t_grid.tolist()):
+        emit(rows, dataset=name, figure="transport", model="energy", t=t,
+             time_score_error=float(err_a[k]), laplacian_error=float(err_b[k]),
+             cumulative_time_score_bits=float(cum_a[k]), cumulative_laplacian_bits=float(cum_b[k]),
+             value=-float(cum_a[k] + cum_b[k]))  # fmt: skip
 
 
 def main() -> None:
@@ -88,6 +115,7 @@ def main() -> None:
                      value=10 * np.log10(mse / mse_w), psnr=psnr[kind], psnr_wiener=units.mse_to_psnr(mse_w))
             emit(rows, dataset=name, figure="parity_db", model="energy-denoiser", t=t_val,
                  value=psnr["energy"] - psnr["denoiser"])
+        transport(rows, name, energy.model, exact, x[: TRANSPORT["images"]], cfg.energy.train, cfg.seed)
         spec = cfg.energy.likelihood
         xo = x[: spec.ode_images]
         start = time.time()

@@ -16,6 +16,7 @@ from image_density.likelihood import (
     log_z,
     nll,
     ode_nll,
+    transport_integrand,
 )
 from image_density.models import EnergyModel, UNet
 from image_density.units import nll_bits_per_dim
@@ -120,6 +121,29 @@ def test_ode_nll_runs_on_a_learned_energy_and_converges_in_tolerance():
     b = ode_nll(model, x, 1e-2, 10.0, rtol=1e-6, atol=1e-6)
     assert torch.isfinite(a).all()
     assert _bits(a - b, 16).abs().max() < 1e-3
+
+
+def test_transport_integrand_against_the_exact_field():
+    """On samples of the field: (t/d) E[dU/dt] = 0 (the mean time score of p_t vanishes), (t/2d) E[Lap U]
+    = (t/2d) sum_k 1/(lambda_k + t); and the integral over log t of their sum is the mean path
+    (E_z U(x + sqrt(t_max) z, t_max) - U(x, t_min)) / d, measured directly."""
+    field = gaussian_model(channels=1, size=4, mean=0.5)  # d = 16
+    d = 16
+    x = field.sample(256, torch.Generator().manual_seed(7))
+    t_grid = torch.logspace(-4, 3, 57, dtype=F64)
+    a, b = transport_integrand(field, x, t_grid, probes=4, generator=torch.Generator().manual_seed(8))
+    assert a.shape == b.shape == (57,) and a.dtype == F64
+    assert a.abs().max() < 0.05
+    lap = torch.stack([(1 / (field.eigenvalues + t)).sum() for t in t_grid])
+    torch.testing.assert_close(b, t_grid / (2 * d) * lap, rtol=0.02, atol=1e-4)
+    path = torch.trapezoid(a + b, t_grid.log()).item()
+    t_max = torch.full((256,), 1e3, dtype=F64)
+    g = torch.Generator().manual_seed(9)
+    u_max = torch.stack([field.energy(x + 1e3**0.5 * torch.randn(x.shape, generator=g, dtype=F64), t_max)
+                         for _ in range(8)]).mean(0)  # fmt: skip
+    direct = ((u_max - field.energy(x, torch.full((256,), 1e-4, dtype=F64))) / d).mean().item()
+    assert path == pytest.approx(direct, abs=0.05)
+    assert direct > 2  # the path is long: ~ (1/2) log(t_max / lambda)
 
 
 def test_ode_nll_rejects_bad_arguments():

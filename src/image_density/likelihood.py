@@ -5,6 +5,7 @@ Everything here is in nats; bits/dim and dB/dim only through units.py.
   log Z = H - E_{x,z}[U(x + sqrt(t_max) z, t_max)].
 - -log p(x) = U(x, 0) + log Z: one forward pass per image.
 - ode_nll: a second, independent NLL of the same model from its probability-flow ODE.
+- transport_integrand: where along t the NLL at t_min is carried from log Z at t_max.
 """
 
 from __future__ import annotations
@@ -203,3 +204,31 @@ def ode_nll(
     mean = torch.as_tensor(prior_mean, dtype=torch.float64, device=device)
     prior_nll = (0.5 * (y_T - mean).square() / var + 0.5 * torch.log(2 * math.pi * var)).flatten(1).sum(1)
     return (prior_nll - ell).cpu()
+
+
+def transport_integrand(
+    model, x: torch.Tensor, t_grid: torch.Tensor, probes: int = 4, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b), each (K,) float64: at each t_k of t_grid, over images x (B, ...) and y = x + sqrt(t) z,
+        a = (t/d) E[dU/dt (y, t)],   b = (t / 2d) E[Laplacian_y U (y, t)]   (Hutchinson, Rademacher probes).
+    E_z[U(x + sqrt(t) z, t)] moves with t by E[dU/dt] + 1/2 E[Laplacian U] (heat equation), so
+        int_{log t_min}^{log t_max} (a + b) dlog t = (E[U(y, t_max)] - U(x, t_min)) / d,
+    the per-dimension path by which log Z at t_max becomes -log p(x) = U(x, t_min) + log Z. Against an
+    exact model on the same draws (same seed), a - a_exact and b - b_exact show at which noise levels a
+    learned energy's NLL error accumulates: its time score, or the divergence of its score."""
+    dtype, device = _dtype_device(model)
+    x = x.to(device=device, dtype=dtype)
+    d = x[0].numel()
+    a, b = [], []
+    for t_val in t_grid.tolist():
+        t = torch.full((x.shape[0],), t_val, dtype=dtype, device=device)
+        # drawn in float64 on the CPU whatever the model: the same seed gives two models the same draws
+        z = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
+        eps = torch.randint(0, 2, (probes, *x.shape), generator=generator).to(x) * 2 - 1
+        with torch.enable_grad():
+            y = (x + math.sqrt(t_val) * z).requires_grad_(True)
+            s_y, u_t = model.score_and_time_score(y, t, create_graph=True)
+            lap = _divergence(s_y, y, "hutchinson", eps)
+        a.append(t_val / d * u_t.detach().double().mean().item())
+        b.append(t_val / (2 * d) * lap.detach().double().mean().item())
+    return torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)

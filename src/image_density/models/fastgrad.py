@@ -270,23 +270,12 @@ class _ScaleNormGrad(torch.autograd.Function):
         return d_g, d_zc, gamma_hat, None
 
 
-def _norm_untracked(z: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
-    """_norm_forward's output in two full-size passes (NLL, sampling): var_mean reads z once, then
-    z k - mean k with k = s gamma in one addcmul, as no centred copy needs keeping."""
-    if z.dtype in _STATS_DTYPE:  # half: statistics in fp32 (_norm_forward)
-        return _norm_forward(z, gamma, eps)[0]
-    v, mean = torch.var_mean(z, dim=(2, 3), correction=0, keepdim=True)
-    a = v.mean(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
-    k = torch.rsqrt(v / a + eps) * gamma
-    return torch.addcmul(-mean * k, z, k)
-
-
 def scale_norm(z: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
     """(z - mean z) (v / mean_c v + eps)^(-1/2) gamma per image and channel; z (B, C, H, W), gamma
     broadcastable to (B, C, 1, 1)."""
     gamma = gamma.expand(z.shape[0], z.shape[1], 1, 1)
     if not _tracked(z, gamma):
-        return _norm_untracked(z, gamma, eps)
+        return _norm_forward(z, gamma, eps)[0]
     return _ScaleNorm.apply(z, gamma, eps)[0]
 
 
