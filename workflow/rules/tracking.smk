@@ -12,75 +12,24 @@
 
 
 localrules:
-    track_energy,
-    track_generalization,
-    track_multiscale,
-    track_studies,
+    track,
 
 
-rule track_energy:
+# one job per group of TRACKED that has runs
+rule track:
     input:
-        **track_inputs(TRACKED["energy"]),
+        unpack(lambda w: track_inputs(TRACKED[w.group])),
     output:
-        json=f"{R}/tracking/energy.json",
+        json=f"{R}/tracking/{{group}}.json",
     log:
-        f"{R}/logs/tracking/energy.log",
+        f"{R}/logs/tracking/{{group}}.log",
+    wildcard_constraints:
+        group=one_of([group for group, runs in TRACKED.items() if runs]),
     conda:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        runs=json.dumps(TRACKED["energy"]),
-    shell:
-        "image-density track --config {params.cfg:q} --runs {params.runs:q}"
-        " --out {output.json:q} > {log:q} 2>&1"
-
-
-rule track_generalization:
-    input:
-        **track_inputs(TRACKED["generalization"]),
-    output:
-        json=f"{R}/tracking/generalization.json",
-    log:
-        f"{R}/logs/tracking/generalization.log",
-    conda:
-        "../envs/image-density.yaml"
-    params:
-        cfg=PARAMS_FILE,
-        runs=json.dumps(TRACKED["generalization"]),
-    shell:
-        "image-density track --config {params.cfg:q} --runs {params.runs:q}"
-        " --out {output.json:q} > {log:q} 2>&1"
-
-
-rule track_multiscale:
-    input:
-        **track_inputs(TRACKED["multiscale"]),
-    output:
-        json=f"{R}/tracking/multiscale.json",
-    log:
-        f"{R}/logs/tracking/multiscale.log",
-    conda:
-        "../envs/image-density.yaml"
-    params:
-        cfg=PARAMS_FILE,
-        runs=json.dumps(TRACKED["multiscale"]),
-    shell:
-        "image-density track --config {params.cfg:q} --runs {params.runs:q}"
-        " --out {output.json:q} > {log:q} 2>&1"
-
-
-rule track_studies:
-    input:
-        **track_inputs(TRACKED["studies"]),
-    output:
-        json=f"{R}/tracking/studies.json",
-    log:
-        f"{R}/logs/tracking/studies.log",
-    conda:
-        "../envs/image-density.yaml"
-    params:
-        cfg=PARAMS_FILE,
-        runs=json.dumps(TRACKED["studies"]),
+        runs=lambda w: json.dumps(TRACKED[w.group]),
     shell:
         "image-density track --config {params.cfg:q} --runs {params.runs:q}"
         " --out {output.json:q} > {log:q} 2>&1"
