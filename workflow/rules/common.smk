@@ -10,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from image_density.config import RESUMABLE_CHANGES, ConfigError, validate_config
+from image_density.tracking import subtree
 
 # A `--configfile` replaces params/demo.yaml rather than being merged into it (Snakemake's default
 # merge would mix demo keys into e.g. a paper run). Decided from the command line, not from
@@ -162,14 +163,9 @@ def ms_sections(family):
 
 def ms_settings(wildcards):
     """ms_sections' values and the dataset's J, for ckpt_dir and ms_train_spec."""
-    values = []
-    for path in ms_sections(wildcards.family):
-        value = MS
-        for key in path.split("."):
-            value = getattr(value, key)
-        values.append(
-            value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-        )
+    values = [
+        subtree(config["multiscale"], path) for path in ms_sections(wildcards.family)
+    ]
     return [*values, MS.levels_of(wildcards.dataset)]
 
 

@@ -40,9 +40,9 @@ from image_density.sampling import super_resolve, synthesize
 from image_density.studies.nll import exact_bits_per_dim
 from image_density.wavelets import decompose, reconstruct
 
-# Paper 2, flat CelebA-160 grayscale denoisers: RF -> output PSNR (dB) at sigma 20 / 40 / 60 / 100.
+# Paper 2, flat CelebA-160 grayscale denoisers: RF -> output PSNR (dB) at the noise stds PAPER_SIGMAS.
+PAPER_SIGMAS = [20.0, 40.0, 60.0, 100.0]
 PAPER_FLAT = {
-    "sigma": [20.0, 40.0, 60.0, 100.0],
     5: [29.32, 26.19, 24.05, 21.01],
     9: [29.88, 27.20, 25.41, 22.95],
     13: [30.55, 27.67, 25.83, 23.49],
@@ -57,8 +57,8 @@ def paper_rows() -> pd.DataFrame:
     rows = [
         {"dataset": "celeba160 gray (paper)", "model": "flat", "rf": rf, "sigma": s, "source": "paper",
          "psnr_in": units.t_to_psnr(units.sigma255_to_t(s)), "psnr_out": p}
-        for rf, out in PAPER_FLAT.items() if rf != "sigma"
-        for s, p in zip(PAPER_FLAT["sigma"], out, strict=True)
+        for rf, out in PAPER_FLAT.items()
+        for s, p in zip(PAPER_SIGMAS, out, strict=True)
     ]  # fmt: skip
     return pd.DataFrame(rows).astype({"rf": "Int64"})
 
