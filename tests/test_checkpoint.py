@@ -126,7 +126,7 @@ def test_foreign_architecture_or_data_is_refused(tmp_path):
     path = save_checkpoint(state(1), tmp_path)
     payload = load_verified(path)
     check_compatible(payload, path, SPEC, "abc")
-    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: written for model_spec"):
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: written for another network \(width"):
         check_compatible(payload, path, {**SPEC, "width": 8}, "abc")
     with pytest.raises(CheckpointError, match="trained on data"):
         check_compatible(payload, path, SPEC, "abd")
@@ -158,3 +158,21 @@ def test_model_file_rebuilds_the_network_or_names_the_mismatch(tmp_path):
     save_model(tmp_path / "bad.pt", weights=net.state_dict(), model_spec={**spec, "widths": [3]})
     with pytest.raises(CheckpointError, match=r"bad\.pt: weights do not fit model_spec"):
         load_model(tmp_path / "bad.pt")
+
+
+def test_a_checkpoint_of_the_first_unet_layout_is_refused_naming_the_option_and_the_layers(tmp_path):
+    """Specs written before `layout` existed lack the key (the network's default, "separate", built
+    them): resuming under the release layout names the option; forcing the weights into the release
+    network names the layers that do not fit, never a partial load."""
+    from image_density.checkpoint import load_model, save_model
+    from image_density.models import build_model
+
+    old = {"arch": "energy_unet", "channels": 1, "widths": [4], "mid_width": 4, "convs_per_block": 2,
+           "emb_features": 2, "emb_dim": 2, "energy_form": "pure"}  # fmt: skip
+    new = {**old, "layout": "release", "embedding": "t", "norm": "release", "init": "release"}
+    path = save_checkpoint({**state(1), "model_spec": old}, tmp_path)
+    with pytest.raises(CheckpointError, match=r"layout '\(absent\)' -> 'release'"):
+        check_compatible(load_verified(path), path, new, None)
+    save_model(tmp_path / "old.pt", weights=build_model(old).state_dict(), model_spec=new)
+    with pytest.raises(CheckpointError, match=r"(?s)old\.pt: weights do not fit.*net\.down\.0\.weight"):
+        load_model(tmp_path / "old.pt")

@@ -195,7 +195,9 @@ def test_gaussian_energy_rejects_bad_spectra():
 
 
 def test_build_model_from_a_json_spec():
-    spec = unet_model_spec("energy_unet", 3, UNetSpec(widths=[4, 8], mid_width=8, convs_per_block=1))
+    spec = unet_model_spec(
+        "energy_unet", 3, UNetSpec(widths=[4, 8], mid_width=8, convs_per_block=1, layout="separate")
+    )
     spec = json.loads(json.dumps(spec))  # what a checkpoint stores
     model = build_model(spec)
     assert isinstance(model, EnergyModel) and model.energy_form == spec["energy_form"]

@@ -111,7 +111,7 @@ def test_outputs_metrics_and_extension(tmp_path):
             meta={"data_sha256": "other"},
             progress=False,
         )
-    with pytest.raises(CheckpointError, match="model_spec"):
+    with pytest.raises(CheckpointError, match="another network"):
         train(
             fresh_model(),
             dual_score,

@@ -55,14 +55,110 @@ def test_no_biases_anywhere():
     assert layers and all(m.bias is None for m in layers)
 
 
-def test_release_parameter_count():
-    # widths 64/128/256, mid 512, 3 convs per block, C = 3: 11.95 M conv weights + 1.08 M in the
-    # norms' t-conditioning (256 x channels each) + 0.08 M embedding MLP. METHOD.md's 8.65 M differs:
-    # the release's block layout is not fully specified (see the report).
-    net = UNet(3, widths=[64, 128, 256], mid_width=512, convs_per_block=3, emb_features=32, emb_dim=256)
-    conv = sum(p.numel() for p in net.parameters() if p.dim() == 4)
-    assert conv == 11_947_392
-    assert sum(p.numel() for p in net.parameters()) == 13_114_880
+def _release(channels: int) -> UNet:
+    return UNet(channels, layout="release", embedding="t", norm="release", init="release")
+
+
+@pytest.mark.parametrize(("channels", "count"), [(1, 8_647_552), (3, 8_649_856)])
+def test_release_network_has_the_release_parameter_count(channels, count):
+    # METHOD.md, read off the release's networks/unet.py and its training log
+    assert sum(p.numel() for p in _release(channels).parameters()) == count
+
+
+def _layers(block) -> list[tuple]:
+    """(kind, in, out, kernel, stride, normed) of each layer of a block."""
+    kinds = [("up" if isinstance(c, nn.ConvTranspose2d) else "conv", c.in_channels, c.out_channels,
+              c.kernel_size[0], c.stride[0]) for c in block.convs]  # fmt: skip
+    return [(*k, i < len(block.norms)) for i, k in enumerate(kinds)]
+
+
+def test_release_network_has_the_release_block_structure():
+    net = _release(1)
+    down = lambda i, o: ("conv", i, o, 2, 2, True)  # noqa: E731
+    conv = lambda i, o: ("conv", i, o, 3, 1, True)  # noqa: E731
+    up = lambda i, o: ("up", i, o, 2, 2, True)  # noqa: E731
+    assert [_layers(b) for b in net.enc] == [
+        [conv(1, 64), conv(64, 64), conv(64, 64)],
+        [down(64, 128), conv(128, 128), conv(128, 128)],
+        [down(128, 256), conv(256, 256), conv(256, 256)],
+    ]
+    assert _layers(net.mid) == [down(256, 512), conv(512, 512), up(512, 256)]
+    assert [_layers(b) for b in net.dec] == [
+        [conv(512, 256), conv(256, 256), up(256, 128)],
+        [conv(256, 128), conv(128, 128), up(128, 64)],
+        [conv(128, 64), conv(64, 64), ("conv", 64, 1, 3, 1, False)],  # the last conv: no norm, no GELU
+    ]
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    assert len(convs) == 21 and all(c.bias is None for c in convs)
+    # the t-conditioning Linears have biases, as the release's (gains only: f stays homogeneous in y)
+    assert all(m.bias is not None for m in net.modules() if isinstance(m, nn.Linear))
+    assert not hasattr(net, "down") and net.last_conv is net.dec[-1].convs[-1]
+
+
+def test_release_network_is_a_working_unet():
+    net = _release(3).double()
+    y, t = torch.rand(2, 3, 16, 16, dtype=torch.float64), torch.tensor([1e-2, 10.0], dtype=torch.float64)
+    f = net(y, t)
+    assert f.shape == y.shape
+    # init "release" starts t-dependent and non-zero (PyTorch's default init, no zeroed layer)
+    assert f.abs().max() > 0 and not torch.allclose(net(y, t.flip(0)), f, rtol=1e-3, atol=0)
+    # the skips and the coarse path both reach the output: a pixel's change spreads beyond its 3x3
+    # neighbourhood at full resolution
+    y2 = y.clone()
+    y2[:, :, 0, 0] += 1
+    assert (net(y2, t) - f)[:, :, 8:, 8:].abs().max() > 1e-3 * f.abs().max()
+
+
+def test_the_separate_layout_is_the_first_versions_network():
+    net = UNet(1)  # the keyword defaults rebuild the specs written before the options existed
+    assert sum(p.numel() for p in net.parameters()) == 13_112_576
+    assert len([m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]) == 28
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("layout", "unet3"), ("embedding", "sigma"), ("norm", "batch"), ("init", "zeros")]
+)
+def test_an_unknown_option_is_named(key, value):
+    with pytest.raises(ValueError, match=f"unet.{key}"):
+        UNet(1, widths=[4], mid_width=4, convs_per_block=2, **{key: value})
+
+
+def test_release_embedding_is_sinusoids_of_t_itself():
+    emb = TimeEmbedding(32, 8, embedding="t", bias=True)
+    seen = []
+    emb.mlp[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    t = torch.tensor([0.0, 1e-3, 0.5, 30.0])
+    emb(t)
+    omega = 0.01 ** (torch.arange(32) / 31)  # 1 ... 0.01, log-spaced (METHOD.md)
+    arg = t[:, None] * omega
+    torch.testing.assert_close(seen[0], torch.cat([arg.cos(), arg.sin()], 1))
+    # hence nearly constant below t ~ 1e-2, where the log t embedding still moves
+    e = emb(torch.tensor([0.0, 1e-4]))
+    assert (e[0] - e[1]).abs().max() < 1e-4
+    e_log = TimeEmbedding(32, 8)(torch.tensor([1e-6, 1e-4]))
+    assert (e_log[0] - e_log[1]).abs().max() > 1e-3
+
+
+def test_release_norm_is_the_release_formula():
+    torch.manual_seed(0)
+    norm = ScaleNorm(4, emb_dim=3, norm="release", bias=True).double()
+    h = (
+        torch.randn(2, 4, 5, 5, dtype=torch.float64)
+        * torch.tensor([1e-3, 0.1, 1.0, 5.0])[:, None, None].double()
+    )
+    emb = torch.randn(2, 3, dtype=torch.float64)
+    hc = h - h.mean(dim=(2, 3), keepdim=True)
+    v = (hc**2).mean(dim=(2, 3), keepdim=True)
+    a = v.mean(dim=1, keepdim=True)
+    gain = norm.weight[:, None, None] * (1 + norm.cond(emb))[:, :, None, None]
+    expected = hc * torch.sqrt(a / (v + 1e-5) + 1e-5) * gain
+    torch.testing.assert_close(norm(h, emb), expected)
+    # unlike the homogeneous norm, eps is absolute: at a tiny input scale the norm is not linear in h
+    tiny = 1e-4 * h
+    assert not torch.allclose(norm(tiny, emb), 1e-4 * norm(h, emb), rtol=1e-2)
+    homog = ScaleNorm(4, emb_dim=3).double()
+    homog.load_state_dict({k: v for k, v in norm.state_dict().items() if k != "cond.bias"})
+    torch.testing.assert_close(homog(tiny, emb), 1e-4 * homog(h, emb))
 
 
 def test_norm_keeps_the_global_scale():

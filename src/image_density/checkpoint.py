@@ -214,10 +214,17 @@ def check_compatible(
 ) -> None:
     """Refuse to resume a checkpoint made for another architecture, other data, another choice of
     training images (`meta` subset/n) or other train settings than RESUMABLE_CHANGES."""
-    if state.get("model_spec") != model_spec:
+    old_spec = state.get("model_spec") or {}
+    if old_spec != model_spec:
+        # a spec written before an option existed lacks its key: the network's default built it
+        diff = [
+            f"{k} {old_spec.get(k, '(absent)')!r} -> {model_spec.get(k, '(absent)')!r}"
+            for k in sorted(old_spec.keys() | model_spec.keys())
+            if old_spec.get(k, "(absent)") != model_spec.get(k, "(absent)")
+        ]
         raise CheckpointError(
-            f"{path}: written for model_spec {state.get('model_spec')}, but the config asks for "
-            f"{model_spec}. Delete the checkpoint or use another checkpoint folder."
+            f"{path}: written for another network ({'; '.join(diff)}); its weights would not fit the "
+            "one the config asks for. Delete the checkpoint or use another checkpoint folder."
         )
     theirs = state.get("meta", {}).get("data_sha256")
     if data_sha256 and theirs and theirs != data_sha256:

@@ -172,13 +172,26 @@ DATA_KINDS = frozenset(
 
 
 class UNetSpec(Strict):
-    """UNet of METHOD.md: widths per scale, a middle width, convs per block; no biases."""
+    """UNet of METHOD.md (models/unet.py): widths per scale, a middle width, layers per block; no conv
+    biases. The defaults are the release's network (8,647,552 parameters at C = 1)."""
 
     widths: list[PositiveInt] = [64, 128, 256]
     mid_width: PositiveInt = 512
     convs_per_block: PositiveInt = 3
     emb_features: PositiveInt = 32  # 32 cos + 32 sin
     emb_dim: PositiveInt = 256
+    # "release": resampling convs are layers of their blocks (21 convs), Linears with biases;
+    # "separate": this project's first layout (extra resampling and output convs, 28 convs)
+    layout: Literal["release", "separate"] = "release"
+    # "t": the release's sinusoids of t (nearly constant for t << 1e-2); "log_t": sinusoids of log t
+    # (better below the data's smallest variance at small scale, see models/unet.py)
+    embedding: Literal["t", "log_t"] = "t"
+    # "release": sqrt(a / (v + eps) + eps); "homogeneous": (v / a + eps)^(-1/2), exactly homogeneous,
+    # with a hand-written double backward (models/fastgrad.py)
+    norm: Literal["release", "homogeneous"] = "release"
+    # "release": PyTorch's default init; "identity": last conv and t-conditioning weights zero (f = 0
+    # with t-independent gains: the denoiser starts as the identity)
+    init: Literal["release", "identity"] = "release"
     # "circular" for periodic images (the generated Gaussian fields); "zeros" is the release's
     padding_mode: Literal["zeros", "circular"] = "zeros"
     # "pure": U = 1/2 <y, f(y,t)> as in the paper; "offset": + b(t), a scalar MLP of log t
@@ -188,6 +201,20 @@ class UNetSpec(Strict):
     @property
     def downsamplings(self) -> int:
         return len(self.widths)
+
+    @model_validator(mode="after")
+    def _release_blocks(self):
+        if self.layout == "release" and self.convs_per_block < 2:
+            raise ValueError(
+                f"convs_per_block = {self.convs_per_block}: layout 'release' needs >= 2 (its middle block "
+                "holds a down and an up conv)"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """What a table row says produced it, e.g. 'unet-release/t/release'."""
+        return f"unet-{self.layout}/{self.embedding}/{self.norm}"
 
 
 # Train settings that may differ between a checkpoint and the run resuming it: more steps extend a

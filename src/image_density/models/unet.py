@@ -1,13 +1,24 @@
 """The bias-free UNet f(y, t) of paper 1 (METHOD.md, "Model").
 
 3x3 bias-free convs, GELU, down = 2x2 stride-2 conv, up = 2x2 stride-2 transposed conv, skips by
-concatenation, a last conv to C channels. Every conv of a block is followed by a scale-preserving
-instance norm conditioned multiplicatively on t. No parameter anywhere is a bias.
+concatenation, a last conv to C channels. Every conv but the last is followed by a norm conditioned
+multiplicatively on t (`norm`). No conv has a bias, so f is homogeneous of degree 1 in y at fixed t.
+
+Two layouts (`layout`):
+- "release": the release's network (networks/unet.py there): the resampling convs are *layers of
+  their blocks* -- the first layer of every encoder block but the first and of the middle, the last
+  layer of the middle and of every decoder block but the last, whose last layer is the conv to C.
+  Its t-embedding MLP and conditioning Linears have biases (they scale gains, not activations, so f
+  stays homogeneous in y). 21 convs and 8,647,552 parameters at 64/128/256/512, 3 layers, C = 1.
+- "separate": this project's first layout: every block has `convs_per_block` 3x3 convs, the
+  resampling convs and a last 3x3 conv come on top, and no Linear has a bias (13.1 M parameters at
+  the same widths). Kept so that models trained with it still load and train.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -15,20 +26,30 @@ from torch.nn import functional as F
 
 from image_density.models import fastgrad
 
-# t = 0 (the clean image of -log p(x) = U(x, 0) + log Z) has no log; below T_FLOOR the embedding is
-# frozen. 1e-9 is the release's smallest training t, so U(x, 0) = U(x, 1e-9) there; a model trained
-# from a larger t_min should be evaluated at its own t_min (likelihood.nll's `t`).
+Layout = Literal["release", "separate"]
+Embedding = Literal["t", "log_t"]
+Norm = Literal["release", "homogeneous"]
+Init = Literal["release", "identity"]
+
+# t = 0 (the clean image of -log p(x) = U(x, 0) + log Z) has no log; below T_FLOOR the log_t
+# embedding is frozen. 1e-9 is the release's smallest training t, so U(x, 0) = U(x, 1e-9) there; a
+# model trained from a larger t_min should be evaluated at its own t_min (likelihood.nll's `t`).
 T_FLOOR = 1e-9
 
-# Sinusoidal features of u = log t - LOG_T_CENTRE. log t, not t: t spans 12 decades, and the densities
-# p_t change on a log scale (-log p_t grows like (d/2) log t), so equal steps in log t matter equally.
-# Frequencies are log-spaced from OMEGA_MIN (half a period over ~60 nats of log t) to OMEGA_MAX (period
-# ~25 in log t): every feature is smooth in log t. Below the data's smallest variance the loss has
-# almost no signal and U(x, t) must stay what it was at larger t; smooth features carry it there.
-# Measured (16x16 Gaussian field, 400 steps, t_min 1e-5): OMEGA_MAX 5 left U(x, t_min) nearly
-# constant in x (per-image NLL std 4e-4 vs exact 0.066 bits/dim, mean error 0.10); 1.0: 0.005, 0.011;
-# 0.25: 0.048, 0.019 (per-image MAE 0.024); 0.1 is too smooth to follow -log p_t (error 0.47).
-# Denoising is within 0.05 dB of 0.25 and 5 at t <= 0.1.
+# "t", the release's embedding: sinusoids of t itself at frequencies log-spaced from 1/T_RANGE[0] to
+# 1/T_RANGE[1] (its NoiseVarEmbedding defaults t_min = 1, t_max = 100). Every feature is nearly
+# constant for t << 1e-2, so U(x, t) is the same function of x at all small t.
+RELEASE_T_RANGE = (1.0, 100.0)
+
+# "log_t": sinusoidal features of u = log t - LOG_T_CENTRE. log t, not t: t spans 12 decades, and the
+# densities p_t change on a log scale (-log p_t grows like (d/2) log t), so equal steps in log t
+# matter equally. Frequencies are log-spaced from OMEGA_MIN (half a period over ~60 nats of log t) to
+# OMEGA_MAX (period ~25 in log t): every feature is smooth in log t. Below the data's smallest
+# variance the loss has almost no signal and U(x, t) must stay what it was at larger t; smooth
+# features carry it there. Measured (16x16 Gaussian field, 400 steps, t_min 1e-5): OMEGA_MAX 5 left
+# U(x, t_min) nearly constant in x (per-image NLL std 4e-4 vs exact 0.066 bits/dim, mean error 0.10);
+# 1.0: 0.005, 0.011; 0.25: 0.048, 0.019 (per-image MAE 0.024); 0.1 is too smooth to follow -log p_t
+# (error 0.47). Denoising is within 0.05 dB of 0.25 and 5 at t <= 0.1.
 LOG_T_CENTRE = math.log(1e-3)
 OMEGA_MIN, OMEGA_MAX = 0.05, 0.25
 
@@ -52,23 +73,37 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
 
 class TimeEmbedding(nn.Module):
-    """t (B,) -> (B, emb_dim): [cos, sin](omega_k u) -> Linear -> SiLU -> Linear -> SiLU."""
+    """t (B,) -> (B, emb_dim): [cos, sin](omega_k s) -> Linear -> SiLU -> Linear -> SiLU, with s = t
+    ("t", the release) or s = log t - LOG_T_CENTRE ("log_t")."""
 
-    def __init__(self, emb_features: int, emb_dim: int, t_floor: float = T_FLOOR):
+    def __init__(
+        self,
+        emb_features: int,
+        emb_dim: int,
+        t_floor: float = T_FLOOR,
+        embedding: Embedding = "log_t",
+        bias: bool = False,
+    ):
         super().__init__()
-        omega = torch.logspace(math.log10(OMEGA_MIN), math.log10(OMEGA_MAX), emb_features)
+        if embedding == "t":
+            lo, hi = (math.log(v) for v in RELEASE_T_RANGE)
+            omega = torch.exp(-torch.linspace(lo, hi, emb_features, dtype=torch.float64)).float()
+        elif embedding == "log_t":
+            omega = torch.logspace(math.log10(OMEGA_MIN), math.log10(OMEGA_MAX), emb_features)
+        else:
+            raise ValueError(f"unet.embedding must be 't' or 'log_t', got {embedding!r}")
         self.register_buffer("omega", omega, persistent=False)
-        self.t_floor = t_floor
+        self.t_floor, self.embedding = t_floor, embedding
         self.mlp = nn.Sequential(
-            nn.Linear(2 * emb_features, emb_dim, bias=False),
+            nn.Linear(2 * emb_features, emb_dim, bias=bias),
             nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim, bias=False),
+            nn.Linear(emb_dim, emb_dim, bias=bias),
             nn.SiLU(),
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        u = t.clamp_min(self.t_floor).log() - LOG_T_CENTRE
-        arg = u[:, None] * self.omega.to(u)  # (B, F)
+        s = t if self.embedding == "t" else t.clamp_min(self.t_floor).log() - LOG_T_CENTRE
+        arg = s[:, None] * self.omega.to(s)  # (B, F)
         return self.mlp(torch.cat([arg.cos(), arg.sin()], dim=1))
 
 
@@ -76,11 +111,11 @@ class TimeGain(nn.Module):
     """h x learnable per-channel weight x (1 + Linear(emb)): multiplicative conditioning on t only
     (no additive shift, so a bias-free network stays bias-free)."""
 
-    def __init__(self, channels: int, emb_dim: int):
+    def __init__(self, channels: int, emb_dim: int, bias: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
-        self.cond = nn.Linear(emb_dim, channels, bias=False)
-        nn.init.zeros_(self.cond.weight)  # start t-independent
+        self.cond = nn.Linear(emb_dim, channels, bias=bias)
+        nn.init.zeros_(self.cond.weight)  # start t-independent (UNet init "release" redraws it)
 
     def gain(self, emb: torch.Tensor) -> torch.Tensor:
         """The factor, (B, C, 1, 1)."""
@@ -90,47 +125,62 @@ class TimeGain(nn.Module):
         return h * self.gain(emb)
 
 
+def release_norm(h: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """The release's norm (use_statistics "input", group size 1, homogeneous): per image and channel,
+    (h - mean h) sqrt(a / (v + eps) + eps) x gain, v the channel's variance, a = mean_c v. Plain
+    autograd ops; h (B, C, H, W), gain (B, C, 1, 1)."""
+    hc = h - h.mean(dim=(2, 3), keepdim=True)
+    v = hc.square().mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    a = v.mean(dim=1, keepdim=True)  # (B, 1, 1, 1)
+    return hc * (torch.sqrt(a / (v + eps) + eps) * gain)
+
+
 class ScaleNorm(TimeGain):
     """Per-sample, per-channel centring; each channel rescaled to the *average* channel variance
-    (not to 1), so the layer is homogeneous of degree 1 in its input: norm(a h) = a norm(h).
-    Then the TimeGain: x learnable per-channel weight x (1 + Linear(emb))."""
+    (not to 1), then the TimeGain: x learnable per-channel weight x (1 + Linear(emb)).
+    norm "homogeneous": scale (v / a + eps)^(-1/2), eps relative to a, so norm(c h) = c norm(h)
+    exactly; fastgrad's hand-written double backward. "release": the release's
+    sqrt(a / (v + eps) + eps), homogeneous only while v >> eps (release_norm)."""
 
-    def __init__(self, channels: int, emb_dim: int, eps: float = 1e-5):
-        super().__init__(channels, emb_dim)
-        self.eps = eps
+    def __init__(
+        self, channels: int, emb_dim: int, eps: float = 1e-5, norm: Norm = "homogeneous", bias=False
+    ):
+        super().__init__(channels, emb_dim, bias)
+        if norm not in ("release", "homogeneous"):
+            raise ValueError(f"unet.norm must be 'release' or 'homogeneous', got {norm!r}")
+        self.eps, self.norm = eps, norm
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        # (h - mean h) (var / avg + eps)^(-1/2) x gain per image and channel, avg the average channel
-        # variance; eps relative to avg keeps the homogeneity exact. Keepdim reductions only (no
-        # reshapes): gradients stay contiguous. fastgrad: the same math with a cheap double backward.
+        if self.norm == "release":
+            return release_norm(h, self.gain(emb), self.eps)
+        # Keepdim reductions only (no reshapes): gradients stay contiguous.
         return fastgrad.scale_norm(h, self.gain(emb), self.eps)
 
 
 class ConvBlock(nn.Module):
-    """n x (3x3 bias-free conv -> ScaleNorm(t) -> GELU)."""
+    """Layers conv -> ScaleNorm(t) -> GELU; with `plain_last` the last conv has neither."""
 
-    def __init__(self, c_in: int, c_out: int, n: int, emb_dim: int, padding_mode: str):
+    def __init__(self, convs: list[nn.Module], emb_dim: int, norm: Norm, bias: bool, plain_last=False):
         super().__init__()
-        self.convs = nn.ModuleList(
-            Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False, padding_mode=padding_mode)
-            for i in range(n)
-        )
-        self.norms = nn.ModuleList(ScaleNorm(c_out, emb_dim) for _ in range(n))
+        self.convs = nn.ModuleList(convs)
+        normed = convs[:-1] if plain_last else convs
+        self.norms = nn.ModuleList(ScaleNorm(c.out_channels, emb_dim, norm=norm, bias=bias) for c in normed)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        for conv, norm in zip(self.convs, self.norms, strict=True):
+        for conv, norm in zip(self.convs, self.norms, strict=False):
             h = fastgrad.gelu(norm(conv(h), emb))
-        return h
+        return self.convs[-1](h) if len(self.convs) > len(self.norms) else h
 
 
 class UNet(nn.Module):
     """f(y, t): (B, C, H, W), (B,) -> (B, C, H, W); H, W divisible by 2^len(widths).
 
-    Encoder block j at width widths[j] then a 2x2 stride-2 conv (same width); a middle block at
-    mid_width; decoder: 2x2 stride-2 transposed conv to widths[j], concat the skip (2 widths[j]),
-    block back to widths[j]; a last 3x3 conv to C. Every block has convs_per_block convs.
-    padding_mode "circular" (periodic images, e.g. the Gaussian fields) makes f exactly equivariant to
-    shifts by multiples of 2^len(widths); "zeros" is the release's.
+    Widths per scale `widths` (the release: 64, 128, 256), `mid_width` at the coarsest scale,
+    `convs_per_block` layers per block; layout, embedding, norm and init as in the module docstring
+    and config.UNetSpec. padding_mode "circular" (periodic images, e.g. the Gaussian fields) makes f
+    exactly equivariant to shifts by multiples of 2^len(widths); "zeros" is the release's.
+    The keyword defaults are this project's first choices, so that a model spec written before an
+    option existed rebuilds the network it was trained with; params/*.yaml set every option.
     """
 
     def __init__(
@@ -143,35 +193,78 @@ class UNet(nn.Module):
         emb_dim: int = 256,
         padding_mode: str = "zeros",
         t_floor: float = T_FLOOR,
+        layout: Layout = "separate",
+        embedding: Embedding = "log_t",
+        norm: Norm = "homogeneous",
+        init: Init = "identity",
     ):
         super().__init__()
         widths = list(widths)
         if not widths:
             raise ValueError("UNet needs at least one width (one downsampling)")
         if padding_mode not in ("zeros", "circular"):
-            raise ValueError(f"padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
-        self.channels, self.downsamplings = channels, len(widths)
-        self.embed = TimeEmbedding(emb_features, emb_dim, t_floor)
-        n, e, pad = convs_per_block, emb_dim, padding_mode
-        self.enc = nn.ModuleList()
-        self.down = nn.ModuleList()
-        c = channels
-        for w in widths:
-            self.enc.append(ConvBlock(c, w, n, e, pad))
-            self.down.append(Conv2d(w, w, 2, stride=2, bias=False))
-            c = w
-        self.mid = ConvBlock(c, mid_width, n, e, pad)
-        self.up = nn.ModuleList()
-        self.dec = nn.ModuleList()
-        c = mid_width
-        for w in reversed(widths):
-            self.up.append(ConvTranspose2d(c, w, 2, stride=2, bias=False))
-            self.dec.append(ConvBlock(2 * w, w, n, e, pad))
-            c = w
-        self.out = Conv2d(c, channels, 3, padding=1, bias=False, padding_mode=padding_mode)
-        # f = 0 at initialization: the denoiser starts as the identity, ell_DSM = 1 at every t
-        nn.init.zeros_(self.out.weight)
+            raise ValueError(f"unet.padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
+        if layout not in ("release", "separate"):
+            raise ValueError(f"unet.layout must be 'release' or 'separate', got {layout!r}")
+        if init not in ("release", "identity"):
+            raise ValueError(f"unet.init must be 'release' or 'identity', got {init!r}")
+        if layout == "release" and convs_per_block < 2:
+            raise ValueError("unet.convs_per_block must be >= 2 with layout 'release' (the middle block "
+                             f"holds a down and an up conv), got {convs_per_block}")  # fmt: skip
+        self.channels, self.downsamplings, self.layout = channels, len(widths), layout
+        bias = layout == "release"
+        self.embed = TimeEmbedding(emb_features, emb_dim, t_floor, embedding, bias)
+
+        def conv3(c_in: int, c_out: int) -> Conv2d:
+            return Conv2d(c_in, c_out, 3, padding=1, bias=False, padding_mode=padding_mode)
+
+        def down(c_in: int, c_out: int) -> Conv2d:
+            return Conv2d(c_in, c_out, 2, stride=2, bias=False)
+
+        def up(c_in: int, c_out: int) -> ConvTranspose2d:
+            return ConvTranspose2d(c_in, c_out, 2, stride=2, bias=False)
+
+        def block(convs: list[nn.Module], plain_last: bool = False) -> ConvBlock:
+            return ConvBlock(convs, emb_dim, norm, bias, plain_last)
+
+        n, w = convs_per_block, widths
+        if layout == "release":
+            self.enc = nn.ModuleList(
+                block([conv3(channels, w[0]) if j == 0 else down(w[j - 1], w[j])]
+                      + [conv3(w[j], w[j]) for _ in range(n - 1)])
+                for j in range(len(w))
+            )  # fmt: skip
+            self.mid = block([down(w[-1], mid_width)] + [conv3(mid_width, mid_width) for _ in range(n - 2)]
+                             + [up(mid_width, w[-1])])  # fmt: skip
+            self.dec = nn.ModuleList(
+                block([conv3(2 * w[j], w[j])] + [conv3(w[j], w[j]) for _ in range(n - 2)]
+                      + [up(w[j], w[j - 1]) if j else conv3(w[0], channels)], plain_last=j == 0)
+                for j in reversed(range(len(w)))
+            )  # fmt: skip
+        else:  # built in the order of the first version, so a seed gives the same initial weights
+            self.enc, self.down, self.up, self.dec = (nn.ModuleList() for _ in range(4))
+            for j, wj in enumerate(w):
+                self.enc.append(
+                    block([conv3(w[j - 1] if j else channels, wj)] + [conv3(wj, wj) for _ in range(n - 1)])
+                )
+                self.down.append(down(wj, wj))
+            self.mid = block([conv3(w[-1], mid_width)] + [conv3(mid_width, mid_width) for _ in range(n - 1)])
+            for j in reversed(range(len(w))):
+                self.up.append(up(w[j + 1] if j + 1 < len(w) else mid_width, w[j]))
+                self.dec.append(block([conv3(2 * w[j], w[j])] + [conv3(w[j], w[j]) for _ in range(n - 1)]))
+            self.out = conv3(w[0], channels)
+        if init == "identity":  # f = 0, t-independent gains: the denoiser starts as the identity
+            nn.init.zeros_(self.last_conv.weight)
+        else:  # PyTorch's default init everywhere, as the release
+            for m in self.modules():
+                if isinstance(m, TimeGain):
+                    m.cond.reset_parameters()
         self.channels_last: bool | None = None  # activations' layout; None: NHWC on CUDA, NCHW else
+
+    @property
+    def last_conv(self) -> nn.Module:
+        """The conv to C channels."""
+        return self.dec[-1].convs[-1] if self.layout == "release" else self.out
 
     def _memory_format(self, y: torch.Tensor) -> torch.memory_format:
         # NHWC feeds cuDNN's tensor-core kernels directly; on the CPU oneDNN is as fast with NCHW
@@ -191,6 +284,14 @@ class UNet(nn.Module):
         emb = self.embed(t.to(y.dtype))
         skips = []
         hid = y.contiguous(memory_format=self._memory_format(y))
+        if self.layout == "release":
+            for block in self.enc:
+                hid = block(hid, emb)
+                skips.append(hid)
+            hid = self.mid(hid, emb)
+            for block in self.dec:
+                hid = block(torch.cat([hid, skips.pop()], dim=1), emb)  # (B, 2w, ., .) in
+            return hid.contiguous()
         for block, down in zip(self.enc, self.down, strict=True):
             hid = block(hid, emb)
             skips.append(hid)
