@@ -51,7 +51,7 @@ def denoising_table() -> pd.DataFrame:
     rows.append(
         pd.DataFrame(
             {
-                "dataset": "imagenet64 (paper)",
+                "dataset": "field",
                 "model": ["energy", "denoiser"],
                 "source": "paper",
                 "psnr_in": [30.0, 30.0],
@@ -315,3 +315,13 @@ def test_multiscale_figures(tmp_path):
 
 def test_figure_command_knows_every_figure():
     assert set(cli.FIGURE_NAMES) == set(figures.FIGURES)
+
+
+def test_denoising_stars_only_on_the_panel_of_their_data():
+    table = denoising_table()
+    table = pd.concat([table, table[table.source != "paper"].assign(dataset="gray")], ignore_index=True)
+    fig = figures.denoising_figure(table)
+    panels = {ax.get_title().split(":")[0]: ax for ax in fig.axes if "output PSNR" in ax.get_title()}
+    starred = {name for name, ax in panels.items() if any(len(c.get_offsets()) for c in ax.collections)}
+    assert set(panels) == {"field", "gray"} and starred == {"field"}
+    assert "paper: energy net (colour ImageNet64)" in panels["field"].get_legend_handles_labels()[1]

@@ -28,7 +28,6 @@ SIZE = 8
 D = SIZE * SIZE
 
 
-
 @pytest.fixture(scope="module")
 def field():
     f = GaussianField(GaussianFieldData(kind="gaussian_field", size=SIZE, n_train=1, n_test=1))
@@ -96,6 +95,44 @@ def test_denoising_of_identical_exact_models_is_identical_and_wiener(field):
     paper = table[table.source == "paper"]
     assert sorted(paper.model.unique()) == ["denoiser", "energy"]
     assert paper[paper.model == "energy"].psnr_out.tolist() == PAPER_TABLE1["energy"]
+
+
+class _FixedError(torch.nn.Module):
+    """A 'denoiser' whose error on image i is the constant e_i: MSE_i = e_i^2 at every t."""
+
+    def __init__(self, errors: torch.Tensor):
+        super().__init__()
+        self.errors = errors
+
+    def denoise(self, y, t):
+        return self.x + self.errors[:, None, None, None]
+
+
+def test_denoising_psnr_is_of_the_mean_mse_as_the_release_with_the_per_image_mean_beside_it():
+    x = torch.zeros(2, 1, 4, 4)
+    m = _FixedError(torch.tensor([0.1, 0.01]))
+    m.x = x
+    table = denoising_study([StudyModel("fixed", m, network="unet-release/t/release")], x, [20.0],
+                            dataset="f")  # fmt: skip
+    row = table[table.model == "fixed"].iloc[0]
+    # by hand: MSEs 1e-2 and 1e-4 -> mean 5.05e-3 -> 22.967 dB; per-image PSNRs 20 and 40 -> 30 dB
+    assert row.mse == pytest.approx(5.05e-3)
+    assert row.psnr_out == pytest.approx(-10 * np.log10(5.05e-3)) and row.psnr_out == pytest.approx(
+        22.967, abs=1e-3
+    )
+    assert row.psnr_out_per_image_mean == pytest.approx(30.0)
+    assert row.network == "unet-release/t/release"
+
+
+def test_table1_rows_belong_to_a_colour_imagenet64_panel_only():
+    x = torch.zeros(1, 1, 4, 4)
+    m = _FixedError(torch.tensor([0.1]))
+    m.x = x
+    other = denoising_study([StudyModel("e", m)], x, [0.0], dataset="gray")
+    assert set(other[other.source == "paper"].dataset) == {"colour ImageNet64 (paper)"}
+    mine = denoising_study([StudyModel("e", m)], x, [0.0], dataset="imagenet64", paper_data=True)
+    paper = mine[mine.source == "paper"]
+    assert set(paper.dataset) == {"imagenet64"} and set(paper.data) == {"colour ImageNet64 (paper)"}
 
 
 def test_generalization_of_identical_models_has_no_difference(field):

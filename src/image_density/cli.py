@@ -49,8 +49,10 @@ def _add_prepare(sub) -> None:
 def _prepare(args) -> None:
     cfg = load_config(args.config)
     if args.dataset not in cfg.datasets:
-        raise ConfigError(f"--dataset {args.dataset!r} is not a key of datasets: in {args.config} "
-                          f"(defined: {sorted(cfg.datasets)})")
+        raise ConfigError(
+            f"--dataset {args.dataset!r} is not a key of datasets: in {args.config} "
+            f"(defined: {sorted(cfg.datasets)})"
+        )
     from image_density.data import prepare_dataset
 
     out = args.out or cfg.results / "data" / args.dataset
@@ -83,19 +85,32 @@ def _add_track(sub) -> None:
     p.add_argument("--runs", help="a JSON list of runs (see above), instead of the one-run options")
     p.add_argument("--experiment", help="the study, e.g. energy, multiscale, nll")
     p.add_argument("--run-name", help="unique within the experiment, e.g. field16-energy")
-    p.add_argument("--section", action="append", default=[], metavar="KEY",
-                   help="log only these dotted config keys as params (repeatable; default: all)")
+    p.add_argument(
+        "--section",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="log only these dotted config keys as params (repeatable; default: all)",
+    )
     p.add_argument("--curves", type=Path, help="metrics.jsonl of per-step values (an int 'step' per line)")
     p.add_argument("--metrics", type=Path, help="JSON of final numbers (nested keys are joined with '.')")
     p.add_argument("--table", type=Path, action="append", default=[], help="CSV logged under tables/")
     p.add_argument("--figure", type=Path, action="append", default=[], help="image logged under figures/")
     p.add_argument("--artifact", type=Path, action="append", default=[], help="any file or folder")
-    p.add_argument("--dataset", type=Path, action="append", default=[],
-                   help="prepared data folder (or any file/folder): its sha256 as tags dataset.<name>.*")
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        action="append",
+        default=[],
+        help="prepared data folder (or any file/folder): its sha256 as tags dataset.<name>.*",
+    )
     p.add_argument("--param", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--tag", type=_key_value, action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", type=Path,
-                   help="write the run's ids here as JSON (--runs: a list, one per run); a Snakemake output")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="write the run's ids here as JSON (--runs: a list, one per run); a Snakemake output",
+    )
     p.set_defaults(func=_track)
 
 
@@ -126,12 +141,17 @@ def _track(args) -> None:
             artifacts=tuple(args.artifact), datasets=tuple(args.dataset), tags=dict(args.tag),
         )]  # fmt: skip
     cfg = load_config(args.config).model_dump(mode="json")
-    tags = {**tracking.git_tags(), "config_sha256": tracking.config_sha256(cfg),
-            "config_file": str(args.config)}
+    tags = {
+        **tracking.git_tags(),
+        "config_sha256": tracking.config_sha256(cfg),
+        "config_file": str(args.config),
+    }
     records = tracking.log_runs(runs, cfg, tags=tags)
     for record in records:
-        print(f"{'unchanged' if record.reused else 'logged'} run {record.run_id} "
-              f"({record.experiment}/{record.run_name}) in {record.tracking_uri}")
+        print(
+            f"{'unchanged' if record.reused else 'logged'} run {record.run_id} "
+            f"({record.experiment}/{record.run_name}) in {record.tracking_uri}"
+        )
     if args.out:
         ids = [asdict(r) for r in records] if args.runs is not None else asdict(records[0])
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,8 +176,11 @@ def _add_train(sub) -> None:
     p.add_argument("--n", type=int, help="generalization model: number of training images")
     p.add_argument("--data", type=Path, help="prepared dataset folder (default: <results>/data/<NAME>)")
     p.add_argument("--out", type=Path, required=True, help="folder of model.pt and metrics.jsonl")
-    p.add_argument("--ckpt-dir", type=Path,
-                   help="resumable state, kept outside Snakemake's declared outputs (default: --out)")
+    p.add_argument(
+        "--ckpt-dir",
+        type=Path,
+        help="resumable state, kept outside Snakemake's declared outputs (default: --out)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -377,11 +400,17 @@ def _add_nll(sub) -> None:
     p.add_argument("--dataset", required=True, help="the dataset to evaluate on")
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--data", type=Path, help="its prepared folder (default: <results>/data/<NAME>)")
-    p.add_argument("--train-data", type=Path,
-                   help="prepared folder the model was trained on (default: <results>/data/<its dataset>)")
+    p.add_argument(
+        "--train-data",
+        type=Path,
+        help="prepared folder the model was trained on (default: <results>/data/<its dataset>)",
+    )
     p.add_argument("--table", type=Path, required=True, help="tidy CSV, e.g. results/tables/nll.csv")
-    p.add_argument("--per-image", type=Path,
-                   help="per-image CSV (default: <table dir>/nll_per_image/<dataset>_<model>_<split>.csv)")
+    p.add_argument(
+        "--per-image",
+        type=Path,
+        help="per-image CSV (default: <table dir>/nll_per_image/<dataset>_<model>_<split>.csv)",
+    )
     p.add_argument("--limit", type=int, help="evaluate only the first N images of the split")
     p.add_argument("--batch", type=int, default=128, help="images per forward pass")
     p.set_defaults(func=_nll)
@@ -397,8 +426,13 @@ def _nll(args) -> None:
         folder.mkdir(parents=True, exist_ok=True)  # an unusable destination fails before the work
     trained_on = load_verified(args.model_path, kind="model").get("meta", {}).get("dataset", args.dataset)
     res = evaluate_nll(
-        cfg, args.model_path, args.dataset, args.data or cfg.results / "data" / args.dataset,
-        args.train_data or cfg.results / "data" / trained_on, args.split, limit=args.limit,
+        cfg,
+        args.model_path,
+        args.dataset,
+        args.data or cfg.results / "data" / args.dataset,
+        args.train_data or cfg.results / "data" / trained_on,
+        args.split,
+        limit=args.limit,
         batch_size=args.batch,
     )
     row = res.row
@@ -408,8 +442,10 @@ def _nll(args) -> None:
     columns, values = list(res.per_image), zip(*res.per_image.values(), strict=True)
     write_rows(per_image, [dict(zip(columns, v, strict=True)) for v in values])
     upsert_rows(args.table, [row], KEY_COLUMNS)
-    print(f"{row['dataset']} {row['model']} {row['split']}: {row['nll_bits_per_dim']:.4f} bits/dim "
-          f"(log Z {row['log_z_nats']:.2f} nats) -> {args.table}")
+    print(
+        f"{row['dataset']} {row['model']} {row['split']}: {row['nll_bits_per_dim']:.4f} bits/dim "
+        f"(log Z {row['log_z_nats']:.2f} nats) -> {args.table}"
+    )
 
 
 def _add_collect(sub) -> None:
@@ -421,10 +457,17 @@ def _add_collect(sub) -> None:
     )
     p.add_argument("tables", type=Path, nargs="+", metavar="TABLE")
     p.add_argument("--out", type=Path, required=True, help="e.g. results/tables/nll.csv")
-    p.add_argument("--key", type=lambda text: text.split(","), default=[],
-                   help="comma-separated columns that identify a row, e.g. dataset,model,split")
-    p.add_argument("--dedupe", action="store_true",
-                   help="keep one of rows identical in every column (the paper's rows each part carries)")
+    p.add_argument(
+        "--key",
+        type=lambda text: text.split(","),
+        default=[],
+        help="comma-separated columns that identify a row, e.g. dataset,model,split",
+    )
+    p.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="keep one of rows identical in every column (the paper's rows each part carries)",
+    )
     p.set_defaults(func=_collect)
 
 
@@ -440,8 +483,9 @@ def _collect(args) -> None:
                 continue
             key = tuple(row.get(k) for k in args.key)
             if args.key and key in seen:
-                raise ValueError(f"rows with {dict(zip(args.key, key, strict=True))} in both {seen[key]} "
-                                 f"and {path}")
+                raise ValueError(
+                    f"rows with {dict(zip(args.key, key, strict=True))} in both {seen[key]} and {path}"
+                )
             seen[key] = path
             rows.append(row)
     write_rows(args.out, rows)
@@ -461,13 +505,22 @@ def _add_study(sub) -> None:
     )
     p.add_argument("name", choices=["nll", "denoising", "generalization", "dimensionality", "content", "toy"])
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--models", type=Path, nargs="+", default=[], metavar="MODEL_PT",
-                   help="model.pt files written by `train` (all but nll)")
+    p.add_argument(
+        "--models",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="MODEL_PT",
+        help="model.pt files written by `train` (all but nll)",
+    )
     p.add_argument("--table", type=Path, help="nll: the table the `nll` command writes")
     p.add_argument("--dataset", help="evaluate on this dataset (default: the one the models were trained on)")
-    p.add_argument("--data", type=Path,
-                   help="prepared folder of that dataset (nll: the folder of all prepared datasets); "
-                   "default under <results>/data")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="prepared folder of that dataset (nll: the folder of all prepared datasets); "
+        "default under <results>/data",
+    )
     p.add_argument("--out", type=Path, required=True, help="e.g. results/tables/denoising.csv")
     p.set_defaults(func=_study)
 
@@ -510,8 +563,12 @@ def _add_figure(sub) -> None:
     p.add_argument("--table", type=Path, required=True, help="the study's table (results/tables/NAME.csv)")
     p.add_argument("--summary", type=Path, help="generalization, content: the summary table")
     p.add_argument("--images", type=Path, help="content: the .npy of extreme images")
-    p.add_argument("--nll", type=Path, nargs="?",
-                   help="rf_ablation: the multi-scale NLL table (absent or no value: no NLL panel)")
+    p.add_argument(
+        "--nll",
+        type=Path,
+        nargs="?",
+        help="rf_ablation: the multi-scale NLL table (absent or no value: no NLL panel)",
+    )
     p.add_argument("--out", type=Path, required=True, help="e.g. results/figures/nll.png (.pdf beside it)")
     p.set_defaults(func=_figure)
 

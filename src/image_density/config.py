@@ -164,9 +164,7 @@ DataSpec = Annotated[
 ]
 
 
-DATA_KINDS = frozenset(
-    m.model_fields["kind"].annotation.__args__[0] for m in DataSpec.__origin__.__args__
-)
+DATA_KINDS = frozenset(m.model_fields["kind"].annotation.__args__[0] for m in DataSpec.__origin__.__args__)
 
 # ------------------------------------------------------------------------------- energy models
 
@@ -210,11 +208,6 @@ class UNetSpec(Strict):
                 "holds a down and an up conv)"
             )
         return self
-
-    @property
-    def label(self) -> str:
-        """What a table row says produced it, e.g. 'unet-release/t/release'."""
-        return f"unet-{self.layout}/{self.embedding}/{self.norm}"
 
 
 # Train settings that may differ between a checkpoint and the run resuming it: more steps extend a

@@ -122,18 +122,20 @@ def _legend(ax, **kwargs) -> None:
 
 
 def denoising_figure(table: pd.DataFrame) -> Figure:
-    """Per dataset (one row of panels): output PSNR and PSNR gain (output - input) vs input PSNR per
-    model, and the parity panel: each model's output PSNR minus the plain denoiser's. Stars: paper 1's
-    Table 1 (ImageNet64): its energy net, and its energy net minus its score net."""
+    """Per dataset (one row of panels): output PSNR (of the mean MSE) and PSNR gain (output - input)
+    vs input PSNR per model, and the parity panel: each model's output PSNR minus the plain
+    denoiser's. Stars, on the panels of a colour ImageNet64 dataset only (the paper's rows carry its
+    name): paper 1's Table 1, its energy net, and its energy net minus its score net."""
     _require(table, ["dataset", "model", "psnr_in", "psnr_out"], "denoising")
     ours, exact, paper = _split(table)
     datasets = list(dict.fromkeys(pd.concat([ours, exact])["dataset"]))
     fig = Figure(figsize=(13, 3.6 * len(datasets)))
     axes = fig.subplots(len(datasets), 3, squeeze=False)
-    p_energy = paper[paper["model"] == "energy"].set_index("psnr_in")["psnr_out"]
-    p_den = paper[paper["model"] == "denoiser"].set_index("psnr_in")["psnr_out"]
     lo, hi = table["psnr_in"].min(), table["psnr_in"].max()
     for (ax_out, ax_gain, ax_par), dataset in zip(axes, datasets, strict=True):
+        mine = paper[paper["dataset"] == dataset]
+        p_energy = mine[mine["model"] == "energy"].set_index("psnr_in")["psnr_out"]
+        p_den = mine[mine["model"] == "denoiser"].set_index("psnr_in")["psnr_out"]
         ax_out.plot([lo, hi], [lo, hi], color="0.6", linestyle=":", label="output = input")
         ax_gain.axhline(0, color="0.6", linestyle=":")
         ax_par.axhline(0, color="0.6", linestyle=":")
@@ -149,7 +151,9 @@ def denoising_figure(table: pd.DataFrame) -> Figure:
                 diff = r.set_index("psnr_in")["psnr_out"] - reference
                 ax_par.plot(diff.index, diff.to_numpy(), **style)
         if len(p_energy):
-            ax_out.scatter(p_energy.index, p_energy, label="paper: energy net (ImageNet64)", **PAPER_MARKER)
+            ax_out.scatter(
+                p_energy.index, p_energy, label="paper: energy net (colour ImageNet64)", **PAPER_MARKER
+            )
             ax_gain.scatter(p_energy.index, p_energy - p_energy.index, **PAPER_MARKER)
         if len(p_energy) and len(p_den):
             ax_par.scatter(

@@ -60,6 +60,20 @@ def _denoiser_unet(channels: int, **unet_kwargs) -> DenoiserModel:
     return DenoiserModel(UNet(channels, **unet_kwargs))
 
 
+# The UNet's keyword defaults: what a spec written before these options existed was built with.
+_UNET_FIRST = {"layout": "separate", "embedding": "log_t", "norm": "homogeneous"}
+
+
+def network_label(spec: dict[str, Any]) -> str:
+    """What a table row says produced it: 'unet-release/t/release' (layout/embedding/norm) for the
+    UNets, the arch (and its receptive field) otherwise."""
+    arch = spec.get("arch", "?")
+    if arch in ("energy_unet", "denoiser_unet"):
+        return "unet-{layout}/{embedding}/{norm}".format(**{**_UNET_FIRST, **spec})
+    rf = spec.get("rf")
+    return f"{arch}-rf{rf}" if rf is not None else arch
+
+
 def unet_model_spec(arch: str, channels: int, unet: UNetSpec) -> dict[str, Any]:
     """The spec of an "energy_unet" / "denoiser_unet" from a config.UNetSpec (plain JSON types)."""
     kwargs = unet.model_dump()
@@ -77,6 +91,7 @@ __all__ = [
     "GaussianEnergy",
     "UNet",
     "build_model",
+    "network_label",
     "register",
     "unet_model_spec",
 ]

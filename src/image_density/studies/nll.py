@@ -25,6 +25,7 @@ from image_density import likelihood, units
 from image_density.checkpoint import load_model
 from image_density.config import Config, ConfigError
 from image_density.data import Prepared, generalization_split, load_prepared
+from image_density.models import network_label
 from image_density.train import Plan, plan_run
 
 KEY_COLUMNS = ["dataset", "model", "split"]
@@ -53,6 +54,7 @@ class StudyModel:
     log_z: float | None = None  # None: a plain denoiser, no log p
     t_eval: float = 0.0  # stands in for t = 0: a learned model's training t_min
     source: str = "ours"  # "ours" (learned) or "exact" (the Gaussian ground truth)
+    network: str = "exact"  # models.network_label of a learned model
 
     @property
     def has_log_p(self) -> bool:
@@ -120,11 +122,12 @@ def load_study_model(
     model, info = load_model(model_path, _default_device(device))
     meta = info.get("meta", {})
     name = meta.get("name", Path(model_path).parent.name)
+    network = network_label(info["model_spec"])
     if not hasattr(model, "energy"):
-        return StudyModel(name, model), info
+        return StudyModel(name, model, network=network), info
     train_data_dir = train_data_dir or cfg.results / "data" / meta["dataset"]
     log_z, plan, _ = _model_log_z(cfg, model, info, Path(train_data_dir), batch_size)
-    return StudyModel(name, model, log_z, plan.train.t_min), info
+    return StudyModel(name, model, log_z, plan.train.t_min, network=network), info
 
 
 def evaluate_nll(
@@ -171,6 +174,7 @@ def evaluate_nll(
         "exact_bits_per_dim": exact_bits_per_dim(data),
         "log_z_nats": float(log_z),
         "energy_form": info["model_spec"].get("energy_form"),
+        "network": network_label(info["model_spec"]),
         "t_eval": t_eval,
         "t_max": plan.likelihood.t_max,
         "step": info.get("step"),
@@ -194,6 +198,11 @@ def exact_bits_per_dim(data: Prepared) -> float | None:
         return None
     entropy = likelihood.gaussian_entropy_nats(torch.from_numpy(np.asarray(data.eigenvalues)))
     return float(units.nll_bits_per_dim(entropy, data.d, data.quantized))
+
+
+def is_paper_colour_data(data: Prepared) -> bool:
+    """Colour ImageNet64: the data of paper 1's Table 1 and generalization models."""
+    return data.meta.get("kind") == PAPER_DATASET_KIND and data.shape[0] == 3
 
 
 def paper_bits_per_dim(data: Prepared, split: str) -> float | None:

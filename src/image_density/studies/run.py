@@ -24,7 +24,7 @@ from image_density.studies.content import content_study
 from image_density.studies.denoising import denoising_study
 from image_density.studies.dimensionality import dimensionality_study
 from image_density.studies.generalization import generalization_study
-from image_density.studies.nll import StudyModel, load_study_model, nll_study
+from image_density.studies.nll import StudyModel, is_paper_colour_data, load_study_model, nll_study
 from image_density.studies.toy import mode_levels, toy_study
 
 Outputs = dict[str, pd.DataFrame | np.ndarray]
@@ -118,7 +118,8 @@ def run_study(
         wiener = exact_model(data, "wiener")
         study_models += [wiener] if wiener else []
         table = denoising_study(study_models, x, spec.psnrs, dataset=dataset, draws=spec.draws,
-                                generator=gen, batch_size=batch)  # fmt: skip
+                                generator=gen, batch_size=batch,
+                                paper_data=is_paper_colour_data(data))  # fmt: skip
         return {"": table}
     if name == "dimensionality":
         spec = cfg.studies.dimensionality
