@@ -17,5 +17,3 @@ def field_eigenvalues(channels: int, size: int, std: float = 0.1) -> torch.Tenso
 
 def gaussian_model(channels: int = 1, size: int = 8, mean: float = 0.5) -> GaussianEnergy:
     return GaussianEnergy(field_eigenvalues(channels, size), mean)
-
-

@@ -16,8 +16,26 @@ from image_density.config import ConfigError, json_schema, load_config, validate
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((ROOT / "params/demo.yaml").read_text())
 # keys whose values must be > 0 wherever they appear
-POSITIVE = {"size", "n_train", "n_test", "std", "gamma", "k0", "r_min", "r_max", "steps", "batch", "lr",
-            "t_min", "t_max", "channels", "levels", "logz_images", "logz_draws", "ckpt_every"}
+POSITIVE = {
+    "size",
+    "n_train",
+    "n_test",
+    "std",
+    "gamma",
+    "k0",
+    "r_min",
+    "r_max",
+    "steps",
+    "batch",
+    "lr",
+    "t_min",
+    "t_max",
+    "channels",
+    "levels",
+    "logz_images",
+    "logz_draws",
+    "ckpt_every",
+}
 
 
 @pytest.mark.parametrize("name", ["demo", "paper"])

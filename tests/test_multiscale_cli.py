@@ -34,7 +34,14 @@ PARAMS = {
         "eval_images": 4,
         "superres_images": 2,
         "energy": {
-            "unet": {"widths": [2], "mid_width": 2, "convs_per_block": 1, "emb_features": 2, "emb_dim": 4},
+            "unet": {
+                "widths": [2],
+                "mid_width": 2,
+                "convs_per_block": 1,
+                "emb_features": 2,
+                "emb_dim": 4,
+                "layout": "separate",
+            },
             "emb_features": 2,
             "emb_dim": 4,
             "train": {**TRAIN, "t_min": 1e-4, "t_max": 100.0},
@@ -44,7 +51,6 @@ PARAMS = {
 }
 NETS = [("denoiser", "lowpass", None), ("denoiser", "0", 3), ("denoiser", "1", 3), ("denoiser", "flat", 3),
         ("energy", "lowpass", None), ("energy", "0", 3), ("energy", "1", 3)]  # fmt: skip
-
 
 
 def run(*args) -> int:

@@ -28,10 +28,16 @@ from image_density import cli
 from image_density.checkpoint import CheckpointError
 from image_density.train import train
 
-UNET = {"widths": [4], "mid_width": 4, "convs_per_block": 1, "emb_features": 2, "emb_dim": 4}
+UNET = {
+    "widths": [4],
+    "mid_width": 4,
+    "convs_per_block": 1,
+    "emb_features": 2,
+    "emb_dim": 4,
+    "layout": "separate",
+}
 TRAIN = {"steps": 2, "batch": 4, "t_min": 1.0e-4, "t_max": 100.0, "ckpt_every": 1, "log_every": 1}
 LIKELIHOOD = {"t_max": 100.0, "logz_images": 8, "logz_draws": 1}
-
 
 
 def write_params(root: Path, **changes) -> Path:

@@ -32,7 +32,14 @@ from image_density.checkpoint import load_latest, load_verified
 STEPS, KILLS = 60, 20
 TRAIN = {"steps": STEPS, "batch": 4, "t_min": 1e-4, "t_max": 100.0, "ckpt_every": 1, "log_every": 1,
          "ema": 0.9, "hflip": True}  # fmt: skip
-UNET = {"widths": [4], "mid_width": 4, "convs_per_block": 1, "emb_features": 2, "emb_dim": 4}
+UNET = {
+    "widths": [4],
+    "mid_width": 4,
+    "convs_per_block": 1,
+    "emb_features": 2,
+    "emb_dim": 4,
+    "layout": "separate",
+}
 
 
 # ------------------------------------------------------------------------------------ the zygote

@@ -17,7 +17,6 @@ from image_density.train import EXIT_INTERRUPTED, NonFiniteLoss, lr_at, step_gen
 HELPERS = Path(__file__).with_name("_train_helpers.py")
 
 
-
 def weights(path):
     return load_verified(path, kind="model")["model"]
 

@@ -184,7 +184,8 @@ def _denoiser_style(model: str, exact: bool, names: list[str]) -> dict:
 def generalization_figure(scatter: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     """Top: log p_A vs log p_B (dB/dim) per N on A's, B's training images and test images (on the
     diagonal: both models agree). Bottom, vs N: mean |log p_A - log p_B|, Pearson r, and the dual
-    score loss on training vs test images; red: the paper's values and ranges (ImageNet64)."""
+    score loss on training vs test images; red: the paper's values and ranges (colour ImageNet64,
+    present only when the data is)."""
     _require(scatter, ["n", "images", "log_p_A_db", "log_p_B_db"], "generalization scatter")
     _require(summary, ["n", "images", "mean_abs_delta_db", "pearson_r", "loss_A", "loss_B"],
              "generalization summary")  # fmt: skip
@@ -237,7 +238,7 @@ def _paper_points(ax, paper: pd.DataFrame, column: str) -> None:
     if column in paper:
         v = paper[paper[column].notna()]
         if len(v):
-            ax.scatter(v["n"], v[column], label="paper (ImageNet64)", **PAPER_MARKER)
+            ax.scatter(v["n"], v[column], label="paper (colour ImageNet64)", **PAPER_MARKER)
     lo, hi = f"{column}_lo", f"{column}_hi"
     if lo in paper and hi in paper:
         rng = paper[paper[lo].notna()]
@@ -249,7 +250,7 @@ def _paper_points(ax, paper: pd.DataFrame, column: str) -> None:
                 colors=PAPER_COLOUR,
                 linewidth=4,
                 alpha=0.7,
-                label="paper range (ImageNet64)",
+                label="paper range (colour ImageNet64)",
             )
 
 

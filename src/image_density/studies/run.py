@@ -195,6 +195,6 @@ def _generalization(cfg: Config, loaded, data_dir: Path | None, gen: torch.Gener
     scatter, summary = generalization_study(
         {n: (p["A"], p["B"]) for n, p in pairs.items()}, images, dataset=g.dataset,
         t_min=g.train.t_min, t_max=g.train.t_max, loss_draws=spec.loss_draws, generator=gen,
-        batch_size=cfg.studies.batch,
+        batch_size=cfg.studies.batch, paper_data=is_paper_colour_data(data),
     )  # fmt: skip
     return {"": scatter, "_summary.csv": summary}
