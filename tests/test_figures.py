@@ -152,6 +152,10 @@ def dimensionality_table() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def rng_lp(n: int) -> np.ndarray:
+    return np.random.default_rng(1).normal(10, 2, n)
+
+
 def content_tables() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     rng = np.random.default_rng(0)
     lp = rng.gumbel(9.6, 3.2, 100)
@@ -163,8 +167,8 @@ def content_tables() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
             "index": np.arange(100),
             "log_p_db": lp,
             "rank": rank,
-            "contrast": rng.uniform(0, 0.3, 100),
-            "sparsity": rng.uniform(0.5, 0.9, 100),
+            "participation_ratio": rng.uniform(0.1, 0.6, 100),
+            "pixel_std": rng.uniform(0, 0.3, 100),
             "extreme": extreme,
         }
     )
@@ -174,8 +178,8 @@ def content_tables() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
                 "source": "ours",
                 "gumbel_loc": 9.5,
                 "gumbel_scale": 3.1,
-                "spearman_contrast": -0.8,
-                "spearman_sparsity": 0.5,
+                "spearman_participation_ratio": -0.8,
+                "spearman_pixel_std": 0.5,
             },
             {"source": "paper", "gumbel_loc": 9.57, "gumbel_scale": 3.17},
         ]
@@ -245,6 +249,13 @@ def test_generalization_and_content_figures_read_their_companions(tmp_path):
     _check_written(figures.make_figure("content", tmp_path / "content.csv", out), out)
     fig = figures.content_figure(per, summary, images)
     assert sum(len(ax.images) for ax in fig.axes) == 6  # the extreme images, 2 rows of 3
+    assert "log p vs pixel std" in fig.axes[2].get_title()  # no sweep: our contrast measure
+    affine = pd.DataFrame({"index": np.repeat([0, 1], 6), "a": np.tile([0.5, 1.0, 2.0], 4),
+                           "b": np.tile(np.repeat([0.0, 0.1], 3), 2), "log_p_db": rng_lp(12)})  # fmt: skip
+    affine.to_csv(tmp_path / "content_affine.csv", index=False)
+    _check_written(figures.make_figure("content", tmp_path / "content.csv", out), out)
+    fig = figures.content_figure(per, summary, images, affine)
+    assert "log p(a x + b)" in fig.axes[2].get_title() and len(fig.axes[2].lines) == 2  # one per b
 
 
 def test_figure_command_and_errors(tmp_path, capsys):

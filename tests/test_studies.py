@@ -17,7 +17,13 @@ from image_density.data import GaussianField, load_prepared, prepare_dataset
 from image_density.data.store import Prepared
 from image_density.models import GaussianEnergy, build_model, unet_model_spec
 from image_density.noise import t_grid
-from image_density.studies.content import content_study, fit_gumbel, wavelet_sparsity
+from image_density.studies.content import (
+    affine_sweep,
+    content_study,
+    detail_l1_l2,
+    fit_gumbel,
+    participation_ratio,
+)
 from image_density.studies.denoising import PAPER_TABLE1, denoising_study
 from image_density.studies.dimensionality import dimensionality_study
 from image_density.studies.generalization import generalization_study
@@ -274,7 +280,8 @@ def test_content_study_ranks_extremes_and_measures_content():
     gen = torch.Generator().manual_seed(0)
     x = 0.5 + 0.1 * torch.randn(200, 1, SIZE, SIZE, generator=gen)
     log_p = stats.gumbel_r.rvs(loc=4.0, scale=0.5, size=200, random_state=np.random.default_rng(1))
-    res = content_study(x, log_p, dataset="f", model="energy", n_extremes=3, wavelet_levels=2)
+    res = content_study(x, log_p, dataset="f", model="energy", n_extremes=3, wavelet_levels=2,
+                        participation_levels=2)  # fmt: skip
     per, summary = res.per_image, res.summary.set_index("source")
     assert per.loc[per["rank"] == 1, "index"].item() == int(np.argmax(log_p))
     assert sorted(per["rank"]) == list(range(1, 201))
@@ -284,21 +291,57 @@ def test_content_study_ranks_extremes_and_measures_content():
     assert res.extremes.shape == (6, 1, SIZE, SIZE)
     assert summary.loc["ours", "gumbel_scale"] == pytest.approx(0.5, rel=0.2)
     assert summary.loc["paper", "gumbel_loc"] == 9.57
-    np.testing.assert_allclose(per.contrast, x.flatten(1).double().std(1, correction=0).numpy())
+    np.testing.assert_allclose(per.pixel_std, x.flatten(1).double().std(1, correction=0).numpy())
+    np.testing.assert_allclose(per.participation_ratio, participation_ratio(x, 2))
+    assert np.isfinite(summary.loc["ours", "spearman_participation_ratio"])
 
 
-def test_wavelet_sparsity():
+def test_participation_ratio_by_hand():
+    """Haar, averaging normalization (each level's coefficients halved, the low-pass a local mean):
+    a 2 x 2 image [[a, b], [c, d]] has one level: low-pass (a+b+c+d)/4 and details (a+b-c-d)/4,
+    (a-b+c-d)/4, (a-b-c+d)/4 (signs aside)."""
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]], dtype=torch.float64)  # every coefficient +-1/4
+    assert participation_ratio(x, 1) == pytest.approx([1.0])  # all four equal: not sparse at all
+    y = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)  # only the low-pass: 1/n
+    assert participation_ratio(y, 1) == pytest.approx([0.25])
+    z = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]], dtype=torch.float64)  # low 1/2, one detail 1/2
+    assert participation_ratio(z, 1) == pytest.approx([(0.5 + 0.5) ** 2 / (4 * 0.5)])
+    # two levels of a 4 x 4 image: the low-pass of the low-pass, its 3 details, 12 finest details;
+    # an image constant on 2 x 2 blocks [[1, 0], [0, 0]] has no finest detail: 4 equal coefficients
+    w = torch.kron(torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64), torch.ones(2, 2))
+    assert participation_ratio(w[None, None], 2) == pytest.approx([4 / 16])
+    with pytest.raises(ValueError, match="studies.content.participation_levels"):
+        participation_ratio(x, 2)
+
+
+def test_affine_sweep_of_a_gaussian_is_its_closed_form():
+    """log p(a x + b) under N(0, s^2 I): -(a x + b)^2 / (2 s^2) - log(2 pi s^2) / 2 per dimension."""
+    s2 = 0.04
+    x = torch.tensor([[[[0.1, -0.2]]], [[[0.3, 0.0]]]], dtype=torch.float64)
+
+    def log_p(y):
+        return (-(y**2).flatten(1).sum(1) / (2 * s2) - y[0].numel() / 2 * math.log(2 * math.pi * s2)).double()
+
+    table = affine_sweep(log_p, x, [0.5, 2.0], [0.0, 0.1], index=np.array([7, 9]))
+    assert len(table) == 8 and set(table["index"]) == {7, 9}
+    row = table[(table["index"] == 9) & (table.a == 2.0) & (table.b == 0.1)].iloc[0]
+    y = np.array([0.7, 0.1])
+    expected = (-(y**2).sum() / (2 * s2) - math.log(2 * math.pi * s2)) / 2  # nats per dimension
+    assert row.log_p_db == pytest.approx(expected * 10 / math.log(10))
+
+
+def test_detail_l1_l2():
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(300, 1, 16, 16, generator=gen, dtype=torch.float64)
     spike = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
     spike[..., 5, 9] = 1.0
     flat = torch.full((1, 1, 16, 16), 0.3, dtype=torch.float64)
-    s = wavelet_sparsity(torch.cat([noise, spike, flat]), levels=2)
+    s = detail_l1_l2(torch.cat([noise, spike, flat]), levels=2)
     # white Gaussian noise: E|d| / sqrt(E d^2) = sqrt(2 / pi); a spike: few non-zero details
     assert s[:300].mean() == pytest.approx(math.sqrt(2 / math.pi), abs=0.01)
     assert s[300] < 0.3 and math.isnan(s[301])
     with pytest.raises(ValueError, match="studies.content.wavelet_levels"):
-        wavelet_sparsity(noise[:1, :, :12, :12], levels=3)
+        detail_l1_l2(noise[:1, :, :12, :12], levels=3)
 
 
 # --------------------------------------------------------------------------------- the command
@@ -343,7 +386,7 @@ def project(tmp_path_factory):
                 "draws": 1,
                 "n_extremes": 1,
             },
-            "content": {"n_extremes": 2, "wavelet_levels": 2},
+            "content": {"n_extremes": 2, "wavelet_levels": 2, "participation_levels": 2, "affine_images": 3},
         },
     }
     path = root / "params.yaml"
@@ -468,6 +511,7 @@ def test_study_command_writes_every_table(project):
     assert len(pd.read_csv(out)) == 12
     assert np.load(tables / "content_extremes.npy").shape == (4, 1, SIZE, SIZE)
     assert len(read_rows(tables / "content_summary.csv")[1]) == 2
+    assert len(read_rows(tables / "content_affine.csv")[1]) == 3 * 6 * 3  # images x a x b
 
 
 @pytest.mark.parametrize(

@@ -499,9 +499,9 @@ def _add_study(sub) -> None:
         description="nll: the `nll` table + exact NLL, best-Gaussian and uniform baselines, paper values; "
         "denoising: output vs input PSNR (Table 1); generalization: log p_A vs log p_B per N (writes "
         "OUT and OUT_summary.csv); dimensionality: d_eff and E log p_t vs t; content: log p vs content "
-        "of test images (writes OUT, OUT_summary.csv, OUT_extremes.npy); toy: single vs dual score "
-        "matching on a Gaussian scale mixture, no models or data (writes OUT and OUT_summary.csv, the "
-        "per-mode levels). Settings: `studies:` params.",
+        "of test images (writes OUT, OUT_summary.csv, OUT_extremes.npy, OUT_affine.csv); toy: single "
+        "vs dual score matching on a Gaussian scale mixture, no models or data (writes OUT and "
+        "OUT_summary.csv, the per-mode levels). Settings: `studies:` params.",
     )
     p.add_argument("name", choices=["nll", "denoising", "generalization", "dimensionality", "content", "toy"])
     p.add_argument("--config", type=Path, required=True)
@@ -555,7 +555,8 @@ def _add_figure(sub) -> None:
         "figure",
         help="draw a study's figure from its table(s) -> OUT.png and OUT.pdf",
         description="Reads tables only (and the content study's image array). generalization and "
-        "content also read TABLE_summary.csv, content TABLE_extremes.npy, unless given. Paper 2: "
+        "content also read TABLE_summary.csv, content TABLE_extremes.npy and TABLE_affine.csv, unless "
+        "given. Paper 2: "
         "multiscale_denoising and rf_ablation read the `denoise` table (results/tables/"
         "multiscale_denoising.csv), rf_ablation also the `multiscale-nll` table given as --nll.",
     )
@@ -563,6 +564,7 @@ def _add_figure(sub) -> None:
     p.add_argument("--table", type=Path, required=True, help="the study's table (results/tables/NAME.csv)")
     p.add_argument("--summary", type=Path, help="generalization, content: the summary table")
     p.add_argument("--images", type=Path, help="content: the .npy of extreme images")
+    p.add_argument("--affine", type=Path, help="content: the log p(a x + b) sweep (TABLE_affine.csv)")
     p.add_argument(
         "--nll",
         type=Path,
@@ -576,7 +578,7 @@ def _add_figure(sub) -> None:
 def _figure(args) -> None:
     from image_density.figures import make_figure
 
-    kw = dict(summary=args.summary, images=args.images, nll=args.nll)
+    kw = dict(summary=args.summary, images=args.images, nll=args.nll, affine=args.affine)
     for path in make_figure(args.name, args.table, args.out, **kw):
         print(f"figure {args.name}: {path}")
 

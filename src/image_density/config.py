@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -423,11 +424,17 @@ class DimensionalityStudySpec(Strict):
 
 
 class ContentStudySpec(Strict):
-    """Figs. 3-4: distribution of log p over test images, extremes, log p vs contrast and sparsity."""
+    """Figs. 3-4 (studies/content.py): distribution of log p over test images, extremes, log p vs the
+    participation ratio of the Haar coefficients (the release's sparsity) and log p(a x + b) (its
+    contrast sweep); this project's pixel std and detail l1/l2 beside them."""
 
     n_images: PositiveInt | None = None  # the first test images (None: all)
     n_extremes: PositiveInt = 8  # most and least probable images kept for the figure
-    wavelet_levels: PositiveInt = 2  # Haar levels whose detail coefficients measure sparsity
+    participation_levels: PositiveInt = 6  # Haar levels (+ the coarsest low-pass), as the release
+    wavelet_levels: PositiveInt = 2  # orthonormal Haar levels of the detail l1/l2 measure (ours)
+    affine_a: Annotated[list[FiniteFloat], Field(min_length=1)] = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
+    affine_b: Annotated[list[FiniteFloat], Field(min_length=1)] = [-0.25, 0.0, 0.25]
+    affine_images: PositiveInt = 64  # the first test images swept over a and b
 
 
 class ToyStudySpec(Strict):

@@ -295,18 +295,23 @@ def dimensionality_figure(table: pd.DataFrame) -> Figure:
 
 
 def content_figure(
-    per_image: pd.DataFrame, summary: pd.DataFrame, images: np.ndarray | None = None
+    per_image: pd.DataFrame,
+    summary: pd.DataFrame,
+    images: np.ndarray | None = None,
+    affine: pd.DataFrame | None = None,
 ) -> Figure:
     """Top: histogram of log p (dB/dim) over test images with the fitted Gumbel density (the paper's
-    fit in the legend), log p vs contrast, log p vs wavelet sparsity (extremes marked). Bottom (with
-    images): the most probable (top row) and least probable (bottom row) test images."""
-    _require(per_image, ["log_p_db", "rank", "contrast", "sparsity", "extreme"], "content per-image")
+    fit in the legend); log p vs the participation ratio of the Haar coefficients (the release's
+    sparsity; extremes marked); log p(a x + b) vs the gain a, one line per offset b (mean over the swept
+    images, the release's contrast figure), or, without the sweep, log p vs pixel std (ours). Bottom
+    (with images): the most probable (top row) and least probable (bottom row) test images."""
+    _require(per_image, ["log_p_db", "rank", "participation_ratio", "extreme"], "content per-image")
     _require(summary, ["source", "gumbel_loc", "gumbel_scale"], "content summary")
     ours, _, paper = _split(summary)
     k = 0 if images is None else len(images) // 2
     fig = Figure(figsize=(11, 3.6 + (2.6 if k else 0)))
     top, bottom = fig.subfigures(2, 1, height_ratios=[3.6, 2.6]) if k else (fig, None)
-    ax_h, ax_c, ax_s = top.subplots(1, 3)
+    ax_h, ax_s, ax_c = top.subplots(1, 3)
     lp = per_image["log_p_db"].to_numpy(float)
     sns.histplot(lp, stat="density", ax=ax_h, color="0.7", edgecolor="white", label="test images")
     grid = np.linspace(lp.min(), lp.max(), 200)
@@ -322,16 +327,27 @@ def content_figure(
     ax_h.xaxis.set_major_locator(MaxNLocator(4))
     _legend(ax_h, loc="upper right", fontsize="x-small")
     ext = {"most": ("most probable", "#17becf"), "least": ("least probable", "#9467bd")}
-    labels = {"contrast": "contrast: pixel std (intensity, [0, 1] scale)",
-              "sparsity": "Haar detail l1 / (sqrt(n) l2) (1 = not sparse)"}  # fmt: skip
-    for ax, col in ((ax_c, "contrast"), (ax_s, "sparsity")):
+    measures = {"participation_ratio": "Haar participation ratio (low = sparse)",
+                "pixel_std": "ours: pixel std (intensity, [0, 1] scale)"}  # fmt: skip
+    scatters = [(ax_s, "participation_ratio")] + ([] if affine is not None else [(ax_c, "pixel_std")])
+    for ax, col in scatters:
         ax.scatter(per_image[col], lp, s=6, alpha=0.5, color="0.4", linewidths=0, label="test images")
         for key, (label, c) in ext.items():
             r = per_image[per_image["extreme"] == key]
             ax.scatter(r[col], r["log_p_db"], s=18, color=c, label=label)
         rho = o.get(f"spearman_{col}", np.nan)
-        ax.set(xlabel=labels[col], ylabel=LOG_P, title=f"log p vs {col} (Spearman {rho:.2f})")
-    _legend(ax_c, fontsize="x-small")
+        ax.set(xlabel=measures[col], ylabel=LOG_P, title=f"log p vs sparsity (Spearman {rho:.2f})"
+               if col == "participation_ratio" else f"log p vs pixel std (Spearman {rho:.2f})")  # fmt: skip
+    _legend(ax_s, fontsize="x-small")
+    if affine is not None:
+        _require(affine, ["a", "b", "log_p_db"], "content affine sweep")
+        mean = affine.groupby(["b", "a"], sort=True)["log_p_db"].agg(["mean", "std"]).reset_index()
+        for (b, r), c in zip(mean.groupby("b"), sns.color_palette("crest", mean["b"].nunique()), strict=True):
+            ax_c.plot(r["a"], r["mean"], marker="o", color=c, label=f"b = {b:g}")
+            ax_c.fill_between(r["a"], r["mean"] - r["std"], r["mean"] + r["std"], color=c, alpha=0.15)
+        ax_c.set(xscale="log", xlabel="gain a", ylabel="log p(a x + b) (dB/dim)",
+                 title=f"contrast: log p(a x + b), {affine['index'].nunique()} images")  # fmt: skip
+        _legend(ax_c, fontsize="x-small")
     if k:
         _image_grid(bottom, images, per_image, k)
     return fig
@@ -571,11 +587,12 @@ def make_figure(
     summary: Path | None = None,
     images: Path | None = None,
     nll: Path | None = None,
+    affine: Path | None = None,
 ) -> list[Path]:
     """Draw figure `name` from its table(s) and write out (.png) + .pdf. generalization and content
     also read a summary table (default: the table's _summary.csv sibling); content reads its image
-    array (default: the _extremes.npy sibling) when it exists; rf_ablation the multi-scale NLL table
-    `nll` when given."""
+    array and its affine sweep (default: the _extremes.npy and _affine.csv siblings) when they exist;
+    rf_ablation the multi-scale NLL table `nll` when given."""
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r} (known: {sorted(FIGURES)})")
     with matplotlib.rc_context(STYLE):
@@ -587,7 +604,9 @@ def make_figure(
             if images and not arr.is_file():
                 raise FileNotFoundError(f"image array not found: {arr}")
             imgs = np.load(arr) if arr.is_file() else None
-            fig = content_figure(main, _read_table(summary or sibling(table, "_summary.csv")), imgs)
+            sweep = Path(affine) if affine else sibling(table, "_affine.csv")
+            sweep = _read_table(sweep) if affine or sweep.is_file() else None
+            fig = content_figure(main, _read_table(summary or sibling(table, "_summary.csv")), imgs, sweep)
         elif name == "rf_ablation":
             fig = rf_ablation_figure(main, None if nll is None else _read_table(nll))
         else:

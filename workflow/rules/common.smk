@@ -357,6 +357,7 @@ def study_runs():
                 tables=[
                     f"{tables}/content_{d}.csv",
                     f"{tables}/content_{d}_summary.csv",
+                    f"{tables}/content_{d}_affine.csv",
                 ],
                 figures=[f"{figures}/content_{d}.png"],
             )

@@ -131,6 +131,7 @@ rule study_content:
         table=f"{R}/tables/content_{{dataset}}.csv",
         summary=f"{R}/tables/content_{{dataset}}_summary.csv",
         images=f"{R}/tables/content_{{dataset}}_extremes.npy",
+        affine=f"{R}/tables/content_{{dataset}}_affine.csv",
     log:
         f"{R}/logs/study/content/{{dataset}}.log",
     wildcard_constraints:
@@ -268,6 +269,7 @@ rule figure_content:
         table=rules.study_content.output.table,
         summary=rules.study_content.output.summary,
         images=rules.study_content.output.images,
+        affine=rules.study_content.output.affine,
     output:
         png=report(
             f"{R}/figures/content_{{dataset}}.png",
@@ -284,7 +286,7 @@ rule figure_content:
         "../envs/image-density.yaml"
     shell:
         "image-density figure content --table {input.table:q} --summary {input.summary:q}"
-        " --images {input.images:q} --out {output.png:q} > {log:q} 2>&1"
+        " --images {input.images:q} --affine {input.affine:q} --out {output.png:q} > {log:q} 2>&1"
 
 
 rule figure_toy:

@@ -85,8 +85,10 @@ def generalization_metrics(summary: pd.DataFrame) -> Metrics:
 
 def content_metrics(summary: pd.DataFrame) -> Metrics:
     """Per dataset: the distribution of log p (dB/dim) over test images and its Gumbel fit, and the
-    rank correlations of log p with contrast and sparsity (paper 1's Figs. 3-4)."""
-    cols = ["mean", "median", "std", "gumbel_loc", "gumbel_scale", "spearman_contrast", "spearman_sparsity"]
+    rank correlations of log p with the participation ratio (the release's sparsity, paper 1's
+    Fig. 4) and this project's pixel std and detail l1/l2."""
+    cols = ["mean", "median", "std", "gumbel_loc", "gumbel_scale", "spearman_participation_ratio",
+            "spearman_pixel_std", "spearman_detail_l1_l2"]  # fmt: skip
     return {str(r["dataset"]): {c: _num(r[c]) for c in cols if c in r} for _, r in _ours(summary).iterrows()}
 
 

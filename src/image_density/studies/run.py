@@ -20,7 +20,7 @@ from image_density.config import Config, ConfigError
 from image_density.data import Prepared, generalization_split, load_prepared
 from image_density.models import GaussianEnergy
 from image_density.noise import t_grid
-from image_density.studies.content import content_study
+from image_density.studies.content import affine_sweep, content_study
 from image_density.studies.denoising import denoising_study
 from image_density.studies.dimensionality import dimensionality_study
 from image_density.studies.generalization import generalization_study
@@ -142,8 +142,18 @@ def run_study(
     idx, x = _first(data, "test", spec.n_images)
     log_p = units.log_p_db_per_dim(energies[0].log_p_nats(x, batch), data.d).numpy()
     res = content_study(x, log_p, dataset=dataset, model=energies[0].name, n_extremes=spec.n_extremes,
-                        wavelet_levels=spec.wavelet_levels, index=idx)  # fmt: skip
-    return {"": res.per_image, "_summary.csv": res.summary, "_extremes.npy": res.extremes}
+                        wavelet_levels=spec.wavelet_levels, participation_levels=spec.participation_levels,
+                        index=idx)  # fmt: skip
+    n_affine = min(spec.affine_images, len(x))
+    affine = affine_sweep(lambda y: energies[0].log_p_nats(y, batch), x[:n_affine], spec.affine_a,
+                          spec.affine_b, index=idx[:n_affine])  # fmt: skip
+    affine = affine.assign(dataset=dataset, model=energies[0].name)
+    return {
+        "": res.per_image,
+        "_summary.csv": res.summary,
+        "_extremes.npy": res.extremes,
+        "_affine.csv": affine,
+    }
 
 
 def _nll(cfg: Config, table: Path | None, data_dir: Path | None) -> Outputs:
