@@ -478,6 +478,9 @@ def test_study_command_writes_every_table(project):
         "paper",
     }
     assert den[den.source == "ours"].n_images.eq(6).all()
+    # every row says which network produced it (this test's models: the first layout, log t, ours)
+    assert set(den[den.source == "ours"].network) == {"unet-separate/log_t/homogeneous"}
+    assert set(den[den.source == "exact"].network) == {"exact"}
 
     out = tables / "generalization.csv"
     gen_models = [models[f"energy-{s}{n}"] for n in (2, 4) for s in "AB"]

@@ -114,6 +114,7 @@ def content_study(
     wavelet_levels: int,
     participation_levels: int,
     index: np.ndarray | None = None,
+    network: str = "",
 ) -> ContentResult:
     """x (N, C, H, W) in [0, 1], log_p_db (N,) its log p in dB/dim under `model`; index (N,): the
     images' rows in their split (default 0..N-1).
@@ -149,7 +150,7 @@ def content_study(
         loc, scale = fit_gumbel(log_p_db)
         ks = float(stats.kstest(log_p_db, "gumbel_r", args=(loc, scale)).statistic)
     ours = {
-        "dataset": dataset, "model": model, "source": "ours", "n_images": len(x),
+        "dataset": dataset, "model": model, "network": network, "source": "ours", "n_images": len(x),
         "mean": log_p_db.mean(), "median": float(np.median(log_p_db)), "std": log_p_db.std(ddof=1),
         "gumbel_loc": loc, "gumbel_scale": scale,
         "gumbel_ks_statistic": ks,

@@ -122,13 +122,13 @@ def dimensionality_study(
         frames.append(_rows(
             dataset, m.name, m.source, "test", -1, np.nan, t_np, d, d_eff.mean(0), _sem(d_eff),
             None if log_p is None else log_p.mean(0), None if log_p is None else _sem(log_p),
-        ))  # fmt: skip
+        ).assign(network=m.network))  # fmt: skip
         for label, k in groups:
             d_k, lp_k = noisy_curves(m, x[k : k + 1], t, draws, generator, batch_size)
             frames.append(_rows(
                 dataset, m.name, m.source, label, int(k), float(log_p_x_db[k]), t_np, d, d_k[0],
                 np.full(len(t_np), np.nan), None if lp_k is None else lp_k[0], None,
-            ))  # fmt: skip
+            ).assign(network=m.network))  # fmt: skip
     if eigenvalues is not None:
         d_eff, log_p = exact_curves(eigenvalues, t)
         frames.append(_rows(dataset, "exact", "exact", "test", -1, np.nan, t_np, d, d_eff, 0.0, log_p, 0.0))

@@ -114,7 +114,7 @@ def generalization_study(
                 **_stats(delta, log_p["A"], log_p["B"]),
                 "mean_log_p_A_db": float(log_p["A"].mean()), "mean_log_p_B_db": float(log_p["B"].mean()),
                 "loss_A": float(losses["A"].mean()), "loss_B": float(losses["B"].mean()),
-                "model_A": model_a.name, "model_B": model_b.name,
+                "model_A": model_a.name, "model_B": model_b.name, "network": model_a.network,
             })  # fmt: skip
     tables = [pd.DataFrame(summary)]
     if paper_data:

@@ -143,11 +143,11 @@ def run_study(
     log_p = units.log_p_db_per_dim(energies[0].log_p_nats(x, batch), data.d).numpy()
     res = content_study(x, log_p, dataset=dataset, model=energies[0].name, n_extremes=spec.n_extremes,
                         wavelet_levels=spec.wavelet_levels, participation_levels=spec.participation_levels,
-                        index=idx)  # fmt: skip
+                        index=idx, network=energies[0].network)  # fmt: skip
     n_affine = min(spec.affine_images, len(x))
     affine = affine_sweep(lambda y: energies[0].log_p_nats(y, batch), x[:n_affine], spec.affine_a,
                           spec.affine_b, index=idx[:n_affine])  # fmt: skip
-    affine = affine.assign(dataset=dataset, model=energies[0].name)
+    affine = affine.assign(dataset=dataset, model=energies[0].name, network=energies[0].network)
     return {
         "": res.per_image,
         "_summary.csv": res.summary,
