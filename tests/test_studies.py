@@ -478,8 +478,8 @@ def test_study_command_writes_every_table(project):
         "paper",
     }
     assert den[den.source == "ours"].n_images.eq(6).all()
-    # every row says which network produced it (this test's models: the first layout, log t, ours)
-    assert set(den[den.source == "ours"].network) == {"unet-separate/log_t/homogeneous"}
+    # every row says which network produced it (layout separate, the default embedding and norm)
+    assert set(den[den.source == "ours"].network) == {"unet-separate/t/release"}
     assert set(den[den.source == "exact"].network) == {"exact"}
 
     out = tables / "generalization.csv"
