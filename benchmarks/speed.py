@@ -48,12 +48,15 @@ from image_density.noise import sample_log_uniform_t
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("step", "nll", "loader", "memory", "scaling", "snakemake")
 
-# The release's UNet (METHOD.md) and the demo's (params/demo.yaml energy.unet); tiny: smoke tests.
+# The release's UNet (METHOD.md; params/paper.yaml) and the demo's (params/demo.yaml energy.unet);
+# tiny: smoke tests.
 UNETS = {
-    "paper": dict(widths=[64, 128, 256], mid_width=512, convs_per_block=3, emb_features=32, emb_dim=256),
-    "demo": dict(widths=[16, 32], mid_width=64, convs_per_block=2, emb_features=16, emb_dim=64),
-    "tiny": dict(widths=[4, 8], mid_width=8, convs_per_block=1, emb_features=4, emb_dim=8),
-}
+    "paper": dict(widths=[64, 128, 256], mid_width=512, convs_per_block=3, emb_features=32, emb_dim=256,
+                  layout="release", embedding="t", norm="release", init="release"),
+    "demo": dict(widths=[16, 32], mid_width=64, convs_per_block=2, emb_features=16, emb_dim=64,
+                 layout="release", embedding="log_t", norm="homogeneous", init="identity"),
+    "tiny": dict(widths=[4, 8], mid_width=8, convs_per_block=1, emb_features=4, emb_dim=8, layout="separate"),
+}  # fmt: skip
 ENERGY_FORM = {"paper": "pure", "demo": "offset", "tiny": "offset"}
 # (unet, size, batch) of the step figure: the two settings
 STEP_CASES = [("paper", 32, 64), ("demo", 16, 32)]
@@ -90,7 +93,7 @@ def build(arch: str, unet: str, channels: int, device: torch.device, seed: int =
     if arch == "energy_unet":
         spec["energy_form"] = ENERGY_FORM[unet]
     model = build_model(spec).to(device)
-    torch.nn.init.normal_(model.net.out.weight, std=1e-2)
+    torch.nn.init.normal_(model.net.last_conv.weight, std=1e-2)
     return model
 
 
