@@ -19,6 +19,14 @@ def _plain_norm(z, gamma, eps):
     return zc * torch.rsqrt(var / avg + eps) * gamma
 
 
+def _plain_release_norm(z, gamma, eps):
+    """The release's norm (METHOD.md): centre, x sqrt(mean_c v / (v + eps) + eps), x gamma."""
+    zc = z - z.mean(dim=(2, 3), keepdim=True)
+    var = zc.square().mean(dim=(2, 3), keepdim=True)
+    avg = var.mean(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+    return zc * torch.sqrt(avg / (var + eps) + eps) * gamma
+
+
 def _second_order(layer, inputs, seed=0):
     """Gradients w.r.t. `inputs` of L = <grad_inputs <w, layer(*inputs)>, r>: the double backward of
     dual score matching in miniature (a first backward with create_graph, then a backward)."""
@@ -97,6 +105,15 @@ def test_scale_norm_and_gelu_match_plain_ops_to_second_order(offset):
         [z, gamma],
     )
     torch.testing.assert_close(fastgrad.scale_norm(z, gamma, 1e-5), _plain_norm(z, gamma, 1e-5))
+    # the release's norm: eps absolute, so channels of variance ~ eps (the 0.1-scaled one at 1e-2)
+    # are where the two forms differ; both derivatives still match plain autograd
+    for eps in (1e-5, 1e-2):
+        _compare(
+            lambda z, gamma, eps=eps: fastgrad.gelu(fastgrad.scale_norm(z, gamma, eps, "release")),
+            lambda z, gamma, eps=eps: F.gelu(_plain_release_norm(z, gamma, eps)),
+            [z, gamma],
+        )
+    assert not torch.allclose(fastgrad.scale_norm(z, gamma, 1e-2, "release"), _plain_norm(z, gamma, 1e-2))
 
 
 def test_scale_norm_and_gelu_pass_gradgradcheck():
@@ -104,6 +121,7 @@ def test_scale_norm_and_gelu_pass_gradgradcheck():
     z = torch.randn(2, 3, 3, 3, generator=g, dtype=F64, requires_grad=True)
     gamma = torch.randn(2, 3, 1, 1, generator=g, dtype=F64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda z, gm: fastgrad.scale_norm(z, gm, 1e-3), (z, gamma))
+    assert torch.autograd.gradgradcheck(lambda z, gm: fastgrad.scale_norm(z, gm, 1e-3, "release"), (z, gamma))
     assert torch.autograd.gradgradcheck(fastgrad.gelu, (z,))
 
 

@@ -137,12 +137,17 @@ def conv_transpose2d(
 
 
 # --------------------------------------------------------------------------------- ScaleNorm
-# n = (z - mean z) s gamma per image and channel (B, C, 1, 1 factors), s = (v / a + eps)^(-1/2), v the
-# channel variance, a = mean_c v. The full-size work is a few passes; the small per-channel algebra
-# (and its derivative, by autograd on (B, C, 1, 1) tensors) is negligible.
-
+# n = (z - mean z) s gamma per image and channel (B, C, 1, 1 factors), s = s(v, a), v the channel
+# variance, a = mean_c v: "homogeneous" s = (v / a + eps)^(-1/2) (eps relative to a: degree-1
+# homogeneous), "release" s = sqrt(a / (v + eps) + eps) (DSM's norm). The full-size work is a few
+# passes written by hand; the small per-channel algebra and its derivatives are autograd on
+# (B, C, 1, 1) tensors (negligible), so any s(v, a) gets the same fast double backward.
 
 _STATS_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}  # half: statistics in fp32
+SCALES = {
+    "homogeneous": lambda v, a, eps: torch.rsqrt(v / a + eps),
+    "release": lambda v, a, eps: torch.sqrt(a / (v + eps) + eps),
+}
 
 
 def _hw_sum(x: torch.Tensor) -> torch.Tensor:
@@ -155,26 +160,28 @@ def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _Stats:
-    """Per image and channel (B, C, 1, 1): v the variance, a = mean_c v clamped away from 0 (`live`:
-    not clamped, so a depends on v), s = (v / a + eps)^(-1/2). eps relative to a keeps the norm
-    homogeneous of degree 1."""
+    """Per image and channel (B, C, 1, 1): v the variance and s = s(v, a), a = mean_c v clamped away
+    from 0 (where clamped, a does not depend on v: every channel of the image is constant)."""
 
-    def __init__(self, zc: torch.Tensor, eps: float):
-        pixels = zc.shape[2] * zc.shape[3]
+    def __init__(self, zc: torch.Tensor, eps: float, form: str):
+        if form not in SCALES:
+            raise ValueError(f"unet.norm must be one of {sorted(SCALES)}, got {form!r}")
+        self.pixels, self.eps, self.form = zc.shape[2] * zc.shape[3], eps, form
         dtype = _STATS_DTYPE.get(zc.dtype, zc.dtype)
-        self.pixels, self.eps = pixels, eps
-        self.v = torch.linalg.vector_norm(zc, dim=(2, 3), keepdim=True, dtype=dtype).square_().div_(pixels)
-        a = self.v.mean(dim=1, keepdim=True)
-        tiny = torch.finfo(dtype).tiny
-        self.live = (a >= tiny).to(dtype)  # 0 where a is clamped (every channel constant)
-        self.a = a.clamp_min(tiny)
-        self.s = torch.rsqrt(self.v / self.a + eps)
+        self.tiny = torch.finfo(dtype).tiny
+        self.v = (
+            torch.linalg.vector_norm(zc, dim=(2, 3), keepdim=True, dtype=dtype).square_().div_(self.pixels)
+        )
+        self.s = self.scale(self.v)
+
+    def scale(self, v: torch.Tensor) -> torch.Tensor:
+        return SCALES[self.form](v, v.mean(dim=1, keepdim=True).clamp_min(self.tiny), self.eps)
 
 
-def _norm_forward(z: torch.Tensor, gamma: torch.Tensor, eps: float):
+def _norm_forward(z: torch.Tensor, gamma: torch.Tensor, eps: float, form: str):
     """(n, zc, stats): the output, the centred input, its _Stats."""
     zc = z - _cast(_hw_sum(z) / (z.shape[2] * z.shape[3]), z.dtype)
-    st = _Stats(zc, eps)
+    st = _Stats(zc, eps, form)
     return zc * _cast(st.s * gamma, z.dtype), zc, st
 
 
@@ -183,8 +190,8 @@ class _ScaleNorm(torch.autograd.Function):
     uses it, is connected to z: the double backward's zc-gradient comes back here and is centred."""
 
     @staticmethod
-    def forward(ctx, z, gamma, eps):
-        n, zc, st = _norm_forward(z, gamma, eps)
+    def forward(ctx, z, gamma, eps, form):
+        n, zc, st = _norm_forward(z, gamma, eps, form)
         ctx.save_for_backward(zc, gamma)
         ctx.st = st
         ctx.set_materialize_grads(False)
@@ -199,84 +206,73 @@ class _ScaleNorm(torch.autograd.Function):
         if g_zc is not None:  # zc = z - mean z
             centred = g_zc - _cast(_hw_sum(g_zc) / ctx.st.pixels, g_zc.dtype)
             g_z = centred if g_z is None else g_z + centred
-        return g_z, g_gamma, None
+        return g_z, g_gamma, None, None
 
 
 class _ScaleNormGrad(torch.autograd.Function):
-    """(gz, g_gamma): the ScaleNorm backward at the output gradient g, a function of (g, zc, gamma)
-    (v = sum zc^2 / pixels enters through `st`; its dependence on zc is added by hand below):
+    """(gz, g_gamma): the ScaleNorm backward at the output gradient g, a function of (g, zc, gamma):
         S = sum g, P = sum g zc (over H, W), k = s gamma, g_gamma = P s,
-        g_v = -q / a + live mean_c(q v) / a^2 with q = s^3 P gamma / 2    (dL/dv, s = s(v, a(v)))
-        gz = k g + c_z zc + c_0,  c_z = 2 g_v / pixels,  c_0 = -k S / pixels."""
+        g_v = d/dv sum_c P_c gamma_c s_c(v, a(v))    (dL/dv, by autograd on the small tensors)
+        gz = k g + c_z zc + c_0,  c_z = 2 g_v / pixels,  c_0 = -k S / pixels.
+    Its backward: the adjoints of (k, c_z, c_0, g_gamma) are sums over H, W; autograd takes them back to
+    (S, P, v, gamma); then the three full-size terms (v = sum zc^2 / pixels)."""
 
     @staticmethod
     def forward(ctx, g, zc, gamma, st):
         S, P = _hw_sum(g), _hw_sum(g * zc)
-        k = st.s * gamma
-        q = 0.5 * st.s.pow(3) * P * gamma
-        m = (q * st.v).mean(dim=1, keepdim=True)
-        c_z = (2 / st.pixels) * (st.live * m / st.a - q) / st.a
-        g_z = g * _cast(k, g.dtype)
-        g_z.addcmul_(zc, _cast(c_z, g.dtype)).sub_(_cast(k * S / st.pixels, g.dtype))
-        ctx.save_for_backward(g, zc, gamma)
-        ctx.st, ctx.small = st, (S, P, k, q, m, c_z)
+        with torch.enable_grad():
+            v, S_, P_, gm = (t.detach().to(st.v.dtype).requires_grad_(True) for t in (st.v, S, P, gamma))
+            s = st.scale(v)
+            k = s * gm
+            (g_v,) = torch.autograd.grad((P_ * k).sum(), v, create_graph=True)
+            c_z = (2 / st.pixels) * g_v
+            c_0 = -k * S_ / st.pixels
+            g_gamma = P_ * s
+        dt = g.dtype
+        g_z = g * _cast(k.detach(), dt)
+        g_z.addcmul_(zc, _cast(c_z.detach(), dt)).add_(_cast(c_0.detach(), dt))
+        ctx.save_for_backward(g, zc)
+        ctx.small, ctx.pixels, ctx.gamma_dtype = (v, S_, P_, gm, k, c_z, c_0, g_gamma), st.pixels, gamma.dtype
         ctx.set_materialize_grads(False)
-        return g_z, P * st.s
+        return g_z, g_gamma.detach().to(gamma.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gg_z, gg_gamma):
-        """Adjoints of (g, zc, gamma) from those of (gz, g_gamma): the chain rule through the small
-        (B, C, 1, 1) algebra above by hand, then the three full-size terms."""
-        g, zc, gamma = ctx.saved_tensors
-        st, (S, P, k, q, m, c_z) = ctx.st, ctx.small
-        s, a, v, n_pix, live = st.s, st.a, st.v, st.pixels, st.live
-        zero = torch.zeros_like(s)
-        inv_a = 1 / a  # never a * a: it underflows where a is clamped (and 0 * inf = nan)
-        k_hat = S_hat = P_hat = s_hat = gamma_hat = v_hat = a_hat = zero
-        if gg_z is not None:  # gz = k g + c_z zc + c_0: the coefficients' adjoints are sums over H, W
-            c0_hat, k_hat, cz_hat = _hw_sum(gg_z), _hw_sum(gg_z * g), _hw_sum(gg_z * zc)
-            k_hat = k_hat - c0_hat * S / n_pix  # c_0 = -k S / pixels
-            S_hat = -c0_hat * k / n_pix
-            gv_hat = (2 / n_pix) * cz_hat  # c_z = 2 g_v / pixels
-            m_hat = live * inv_a * inv_a * gv_hat.sum(dim=1, keepdim=True)  # g_v = -q / a + live m / a^2
-            a_hat = inv_a * inv_a * (gv_hat * q).sum(dim=1, keepdim=True) - 2 * m_hat * m * inv_a
-            q_hat = m_hat * v / v.shape[1] - gv_hat * inv_a  # m = mean_c(q v)
-            v_hat = m_hat * q / v.shape[1]
-            s_hat = 3 * q_hat * q / s  # q = s^3 P gamma / 2
-            P_hat = q_hat * s.pow(3) * gamma / 2
-            gamma_hat = q_hat * s.pow(3) * P / 2
-        if gg_gamma is not None:  # g_gamma = P s
-            P_hat = P_hat + gg_gamma * s
-            s_hat = s_hat + gg_gamma * P
-        s_hat = s_hat + k_hat * gamma  # k = s gamma
-        gamma_hat = gamma_hat + k_hat * s
-        r_hat = -0.5 * s.pow(3) * s_hat  # s = (v / a + eps)^(-1/2)
-        v_hat = v_hat + r_hat * inv_a
-        a_hat = a_hat - inv_a * inv_a * (r_hat * v).sum(dim=1, keepdim=True)
-        v_hat = v_hat + live * a_hat / v.shape[1]  # a = mean_c v
+        g, zc = ctx.saved_tensors
+        v, S_, P_, gm, k, c_z, c_0, g_gamma = ctx.small
+        outs, adjoints = [], []
+        if gg_z is not None:
+            outs += [k, c_z, c_0]
+            adjoints += [_hw_sum(gg_z * g), _hw_sum(gg_z * zc), _hw_sum(gg_z)]
+        if gg_gamma is not None:
+            outs.append(g_gamma)
+            adjoints.append(gg_gamma.to(g_gamma.dtype))
+        with torch.enable_grad():
+            hats = torch.autograd.grad(outs, [v, S_, P_, gm], adjoints, retain_graph=True, allow_unused=True)
+        v_hat, S_hat, P_hat, gm_hat = (torch.zeros_like(v) if h is None else h for h in hats)
         dt = g.dtype
         d_g = d_zc = None
         if ctx.needs_input_grad[0]:  # g enters through k g, S = sum g and P = sum g zc
             d_g = zc * _cast(P_hat, dt)
             d_g.add_(_cast(S_hat, dt))
             if gg_z is not None:
-                d_g.addcmul_(gg_z, _cast(k, dt))
+                d_g.addcmul_(gg_z, _cast(k.detach(), dt))
         if ctx.needs_input_grad[1]:  # zc enters through c_z zc, P and v = sum zc^2 / pixels
-            d_zc = zc * _cast(2 * v_hat / n_pix, dt)
+            d_zc = zc * _cast(2 * v_hat / ctx.pixels, dt)
             d_zc.addcmul_(g, _cast(P_hat, dt))
             if gg_z is not None:
-                d_zc.addcmul_(gg_z, _cast(c_z, dt))
-        return d_g, d_zc, gamma_hat, None
+                d_zc.addcmul_(gg_z, _cast(c_z.detach(), dt))
+        return d_g, d_zc, _cast(gm_hat, ctx.gamma_dtype), None
 
 
-def scale_norm(z: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
-    """(z - mean z) (v / mean_c v + eps)^(-1/2) gamma per image and channel; z (B, C, H, W), gamma
+def scale_norm(z: torch.Tensor, gamma: torch.Tensor, eps: float, form: str = "homogeneous") -> torch.Tensor:
+    """(z - mean z) s(v, a) gamma per image and channel (see SCALES); z (B, C, H, W), gamma
     broadcastable to (B, C, 1, 1)."""
     gamma = gamma.expand(z.shape[0], z.shape[1], 1, 1)
     if not _tracked(z, gamma):
-        return _norm_forward(z, gamma, eps)[0]
-    return _ScaleNorm.apply(z, gamma, eps)[0]
+        return _norm_forward(z, gamma, eps, form)[0]
+    return _ScaleNorm.apply(z, gamma, eps, form)[0]
 
 
 # ---------------------------------------------------------------------------------------- GELU

@@ -125,22 +125,12 @@ class TimeGain(nn.Module):
         return h * self.gain(emb)
 
 
-def release_norm(h: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
-    """The release's norm (use_statistics "input", group size 1, homogeneous): per image and channel,
-    (h - mean h) sqrt(a / (v + eps) + eps) x gain, v the channel's variance, a = mean_c v. Plain
-    autograd ops; h (B, C, H, W), gain (B, C, 1, 1)."""
-    hc = h - h.mean(dim=(2, 3), keepdim=True)
-    v = hc.square().mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-    a = v.mean(dim=1, keepdim=True)  # (B, 1, 1, 1)
-    return hc * (torch.sqrt(a / (v + eps) + eps) * gain)
-
-
 class ScaleNorm(TimeGain):
     """Per-sample, per-channel centring; each channel rescaled to the *average* channel variance
     (not to 1), then the TimeGain: x learnable per-channel weight x (1 + Linear(emb)).
     norm "homogeneous": scale (v / a + eps)^(-1/2), eps relative to a, so norm(c h) = c norm(h)
-    exactly; fastgrad's hand-written double backward. "release": the release's
-    sqrt(a / (v + eps) + eps), homogeneous only while v >> eps (release_norm)."""
+    exactly. "release": the release's sqrt(a / (v + eps) + eps), homogeneous only while v >> eps.
+    Both with fastgrad's fast double backward."""
 
     def __init__(
         self, channels: int, emb_dim: int, eps: float = 1e-5, norm: Norm = "homogeneous", bias=False
@@ -151,10 +141,8 @@ class ScaleNorm(TimeGain):
         self.eps, self.norm = eps, norm
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if self.norm == "release":
-            return release_norm(h, self.gain(emb), self.eps)
         # Keepdim reductions only (no reshapes): gradients stay contiguous.
-        return fastgrad.scale_norm(h, self.gain(emb), self.eps)
+        return fastgrad.scale_norm(h, self.gain(emb), self.eps, self.norm)
 
 
 class ConvBlock(nn.Module):
