@@ -222,3 +222,15 @@ def test_gradients_are_contiguous():
     (net(y, torch.tensor([0.1, 1.0])) ** 2).sum().backward()
     assert y.grad.is_contiguous()
     assert all(p.grad is None or p.grad.is_contiguous() for p in net.parameters())
+
+
+@pytest.mark.parametrize("key", ["layout", "embedding", "norm", "init"])
+def test_the_config_names_an_unknown_option(key):
+    from pathlib import Path
+
+    from image_density.config import ConfigError, load_config, validate_config
+
+    raw = load_config(Path(__file__).parents[1] / "params" / "paper.yaml").model_dump(mode="json")
+    raw["energy"]["unet"][key] = "nonsense"
+    with pytest.raises(ConfigError, match=rf"energy\.unet\.{key} = 'nonsense'"):
+        validate_config(raw)
