@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 from scipy import stats
 
 STYLE = {
@@ -345,8 +345,11 @@ def content_figure(
         for (b, r), c in zip(mean.groupby("b"), sns.color_palette("crest", mean["b"].nunique()), strict=True):
             ax_c.plot(r["a"], r["mean"], marker="o", color=c, label=f"b = {b:g}")
             ax_c.fill_between(r["a"], r["mean"] - r["std"], r["mean"] + r["std"], color=c, alpha=0.15)
+        gains = sorted(mean["a"].unique())
         ax_c.set(xscale="log", xlabel="gain a", ylabel="log p(a x + b) (dB/dim)",
                  title=f"contrast: log p(a x + b), {affine['index'].nunique()} images")  # fmt: skip
+        ax_c.set_xticks(gains, [f"{a:g}" for a in gains])
+        ax_c.xaxis.set_minor_formatter(NullFormatter())
         _legend(ax_c, fontsize="x-small")
     if k:
         _image_grid(bottom, images, per_image, k)
