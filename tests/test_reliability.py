@@ -187,20 +187,19 @@ def disk_full(project, tmp_path_factory):
 def test_disk_full_while_preparing_leaves_no_folder(disk_full):
     rc, err, folder = disk_full["prepare"]
     assert rc == 2 and f"cannot write {folder / 'field'}: File too large" in err, err
-    assert files(folder) == [".field.lock"]  # neither the dataset nor its temp folder: only its lock
+    assert files(folder) == []  # neither the dataset nor its temp folder, nor its lock
 
 
 def test_disk_full_at_a_checkpoint_leaves_no_checkpoint_nor_model(disk_full):
     rc, err, folder = disk_full["checkpoint"]
     assert rc == 2 and f"cannot write {folder / 'state/checkpoint.pt'}: File too large" in err, err
-    expected = [".out.lock", "out", "state", "state/checkpoint.lock", "state/checkpoint.metrics.jsonl"]
-    assert files(folder) == expected
+    assert files(folder) == ["out", "state", "state/checkpoint.metrics.jsonl"]
 
 
 def test_disk_full_at_the_model_file_leaves_neither_output(disk_full):
     rc, err, folder = disk_full["model"]
     assert rc == 2 and f"cannot write {folder / 'out/model.pt'}: File too large" in err, err
-    assert files(folder) == [".out.lock", "out"]  # no metrics.jsonl without its model.pt, no temp file
+    assert files(folder) == ["out"]  # no metrics.jsonl without its model.pt, no temp file, no lock
 
 
 def test_disk_full_at_the_nll_table_leaves_no_table(disk_full):

@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
-from image_density import cli
+from image_density import atomic, cli
 from image_density.checkpoint import load_verified
 from image_density.data import load_prepared
 
@@ -78,7 +79,7 @@ def test_a_second_prepare_of_one_dataset_is_refused_while_the_first_writes(tmp_p
     assert first.wait(timeout=300) == 0, first.stdout.read()
     data = load_prepared(out)  # checks every array against meta.json's sha256
     assert (data.meta["n_train"], len(data.train)) == (4000, 4000)
-    assert sorted(p.name for p in out.parent.iterdir()) == [".field.lock", "field"]  # no temp folders
+    assert sorted(p.name for p in out.parent.iterdir()) == ["field"]  # no temp folder, no lock left
 
 
 def test_a_second_training_into_one_out_is_refused_while_the_first_trains(tmp_path):
@@ -97,6 +98,26 @@ def test_a_second_training_into_one_out_is_refused_while_the_first_trains(tmp_pa
     assert f"training output {out}: another process holds {tmp_path / '.model.lock'}" in err, err
     assert not (tmp_path / "state-b/checkpoint.pt").exists()  # refused before its first step
     assert first.wait(timeout=300) == 0, first.stdout.read()
+    assert not (tmp_path / ".model.lock").exists()
     model = load_verified(out / "model.pt", kind="model")
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert model["step"] == steps[-1] == TRAIN["steps"] and steps == list(range(1, TRAIN["steps"] + 1))
+
+
+def test_a_held_lock_refuses_and_a_stale_lock_file_is_taken_over(tmp_path):
+    lock = tmp_path / ".x.lock"
+    lock.write_text("")  # left by a holder killed with -9: no process holds it
+    with atomic.exclusive(lock, "output x"):
+        with pytest.raises(atomic.Busy, match=f"output x: another process holds {lock}"):
+            with atomic.exclusive(lock, "output x"):  # flock: another open file, as another process
+                pass
+    assert not lock.exists()  # removed by its last holder
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "table.csv"
+    atomic.write_text(path, "old\n")
+    with pytest.raises(RuntimeError), atomic.replacing(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("the writer died")
+    assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]

@@ -34,9 +34,10 @@ def fsync_dir(path: Path) -> None:
 
 def named(err: BaseException, path: Path, tmp: Path | None = None) -> OSError | None:
     """An OSError naming `path` for a failed write whose error names no file (or only the temp
-    file); None when `err` is not such an error. Libraries that write (torch.save) may wrap the
-    OSError in their own exception: its context is checked too."""
-    cause = err if isinstance(err, OSError) else err.__context__
+    file); None when `err` is not such an error. torch.save reports a failed write as a
+    RuntimeError raised while handling the OSError: that OSError is taken."""
+    wrapped = isinstance(err, RuntimeError) and not err.__suppress_context__
+    cause = err if isinstance(err, OSError) else err.__context__ if wrapped else None
     if not isinstance(err, Exception) or not isinstance(cause, OSError):
         return None
     if cause.filename not in (None, str(tmp) if tmp else None):
@@ -83,13 +84,25 @@ def lock_beside(path: Path) -> Path:
 def exclusive(lock: Path, what: str) -> Iterator[None]:
     """Hold an exclusive flock on the file `lock` for the block, or raise Busy naming `what`.
 
-    The lock goes with the process: a killed holder releases it, so a stale lock file is harmless.
+    The lock file is removed at the end, while still held; a process that opened it just before
+    then finds it gone (or replaced) once it gets the lock, and tries again. A killed holder
+    releases the lock and leaves an empty file behind, which the next holder takes over.
     """
     lock = Path(lock)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fd:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(f"{what}: another process holds {lock}; wait for it to end") from None
-        yield
+    while True:
+        with open(lock, "a") as fd:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(f"{what}: another process holds {lock}; wait for it to end") from None
+            try:
+                if os.stat(lock).st_ino != os.fstat(fd.fileno()).st_ino:
+                    continue  # removed by the holder before us as it finished: lock the new file
+            except FileNotFoundError:
+                continue
+            try:
+                yield
+            finally:
+                lock.unlink(missing_ok=True)
+            return

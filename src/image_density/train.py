@@ -159,10 +159,6 @@ class _StopFlag:
         self.signum = signum
 
 
-def _write_lines_atomic(path: Path, lines: list[str]) -> None:
-    atomic.write_text(path, "".join(lines))
-
-
 def _metrics_upto(path: Path, step: int) -> list[str]:
     """Lines of a metrics log with step <= `step` (later ones were logged after the checkpoint)."""
     if not path.exists():
@@ -321,7 +317,7 @@ def train(
         st, ema = _resume(model, opt, ema, spec, ckpt_dir, model_spec, meta, device)
         resumed_from = st.step
         if rank == 0:
-            _write_lines_atomic(live, _metrics_upto(live, st.step))
+            atomic.write_text(live, "".join(_metrics_upto(live, st.step)))
             out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
         if world > 1:  # every rank starts from rank 0's weights
             for v in model.state_dict().values():
@@ -400,7 +396,7 @@ def train(
             # files that a tool would take for a finished run
             model_path.unlink(missing_ok=True)
             try:
-                _write_lines_atomic(metrics_path, _metrics_upto(live, st.step))
+                atomic.write_text(metrics_path, "".join(_metrics_upto(live, st.step)))
                 weights = ema if ema is not None else model.state_dict()
                 save_model(
                     model_path, weights=weights, model_spec=model_spec, config=config, meta=meta,
