@@ -20,7 +20,7 @@ class Busy(ValueError):
     """Another process holds the lock of an output; the message names it and the lock file."""
 
 
-def fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path) -> None:
     """Make a rename in folder `path` durable."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -66,7 +66,7 @@ def replacing(path: Path, *, tmp: Path | None = None, durable: bool = False) -> 
             raise better from err
         raise
     if durable:
-        fsync_dir(path.parent)
+        _fsync_dir(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
