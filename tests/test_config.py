@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from image_density import cli
@@ -259,6 +259,25 @@ def test_hostile_params_are_refused_naming_the_key(case):
     with pytest.raises(ConfigError) as err:
         validate_config(raw, "hostile.yaml")
     assert names_the_key(path, str(err.value)), (path, str(err.value))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(invalid_params(), st.sampled_from(["prepare", "train"]))
+def test_hostile_params_are_refused_by_the_cli_before_any_output(capsys, case, command):
+    raw, path = case
+    assume(path != ("results",))  # replaced below, to keep every output inside tmp
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "results"
+        cfg = Path(tmp) / "hostile.yaml"
+        cfg.write_text(yaml.safe_dump({**raw, "results": str(results)}, allow_unicode=True))
+        args = {
+            "prepare": ["--dataset", "dead_leaves"],
+            "train": ["--model", "energy", "--dataset", "dead_leaves", "--out", str(results / "m")],
+        }[command]
+        assert cli.main([command, "--config", str(cfg), *args]) == 2
+        err = capsys.readouterr().err
+        assert f"invalid params in {cfg}" in err and names_the_key(path, err), (path, err)
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["hostile.yaml"]  # nothing written
 
 
 def test_every_key_refuses_non_finite_huge_and_wrongly_typed_values(capsys):
