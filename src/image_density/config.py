@@ -15,6 +15,7 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -37,8 +38,8 @@ class ConfigError(ValueError):
 # The numbers a run can use: ints become int64 tensors/numpy values and seeds, floats go through
 # float32 tensors, so an int outside int64 or a float that float32 turns into inf or 0 is refused
 # here rather than as an overflow (or a NaN loss) deep in a run.
-INT64 = (-(2**63), 2**63 - 1)
-FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38
+INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
+FLOAT32_MAX, FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).smallest_normal)
 
 
 def _machine_number(v: Any, where: str = "") -> Any:
