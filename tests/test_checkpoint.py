@@ -143,6 +143,22 @@ def test_training_falls_back_to_previous_checkpoint(tmp_path):
     assert res.resumed_from == 2 and res.step == 6
 
 
+def test_a_corrupted_checkpoint_never_displaces_the_last_good_one(tmp_path):
+    """Resuming past a bad checkpoint.pt, the next save must not rotate the bad file into prev."""
+    images = make_images()
+    spec = tiny_spec(steps=2, ckpt_every=1)
+    train(fresh_model(), dual_score, source(images), spec, tmp_path, SPEC, progress=False)
+    latest, prev = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    latest.write_bytes(latest.read_bytes()[:-50])  # step 2 truncated; prev holds step 1
+    with pytest.warns(UserWarning, match="previous checkpoint"):
+        res = train(fresh_model(), dual_score, source(images), spec, tmp_path, SPEC, progress=False)
+    assert (res.resumed_from, res.step) == (1, 2)
+    # two good checkpoints again: the new step 2, and step 1 kept as prev (not the truncated file)
+    assert load_verified(latest)["step"] == 2 and load_verified(prev)["step"] == 1
+    save_checkpoint(state(3), tmp_path)  # the normal rotation resumes from here
+    assert load_verified(prev)["step"] == 2
+
+
 def test_model_file_rebuilds_the_network_or_names_the_mismatch(tmp_path):
     from image_density.checkpoint import load_model, save_model
     from image_density.models import build_model

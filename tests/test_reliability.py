@@ -193,19 +193,19 @@ def disk_full(project, tmp_path_factory):
 def test_disk_full_while_preparing_leaves_no_folder(disk_full):
     rc, err, folder = disk_full["prepare"]
     assert rc == 2 and f"cannot write {folder / 'field'}: File too large" in err, err
-    assert files(folder) == []  # neither the dataset nor its temp folder
+    assert files(folder) == []  # neither the dataset nor its temp folder, nor its lock
 
 
 def test_disk_full_at_a_checkpoint_leaves_no_checkpoint_nor_model(disk_full):
     rc, err, folder = disk_full["checkpoint"]
     assert rc == 2 and f"cannot write {folder / 'state/checkpoint.pt'}: File too large" in err, err
-    assert files(folder) == ["out", "state", "state/checkpoint.lock", "state/checkpoint.metrics.jsonl"]
+    assert files(folder) == ["out", "state", "state/checkpoint.metrics.jsonl"]
 
 
 def test_disk_full_at_the_model_file_leaves_neither_output(disk_full):
     rc, err, folder = disk_full["model"]
     assert rc == 2 and f"cannot write {folder / 'out/model.pt'}: File too large" in err, err
-    assert files(folder) == ["out"]  # no metrics.jsonl without its model.pt, no temp file
+    assert files(folder) == ["out"]  # no metrics.jsonl without its model.pt, no temp file, no lock
 
 
 def test_disk_full_at_the_nll_table_leaves_no_table(disk_full):
@@ -245,7 +245,7 @@ def test_unusable_destinations_fail_before_any_work(project, tmp_path, capsys, m
     assert f"File exists: '{blocker}'" in capsys.readouterr().err
     state = tmp_path / "state"
     assert run_train(cfg, blocker / "out", state, "--data", root / "results/data/field") == 2
-    assert f"Not a directory: '{blocker / 'out'}'" in capsys.readouterr().err
+    assert f"File exists: '{blocker}'" in capsys.readouterr().err  # making the folder of --out
     assert not (state / "checkpoint.pt").exists()  # refused before the first step
 
     calls = []

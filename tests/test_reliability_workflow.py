@@ -1,16 +1,21 @@
 """Security basics of the workflow: no params value reaches a shell unquoted; MLflow serves on
-loopback only."""
+loopback only. A command run by hand beside the pipeline meets the pipeline's jobs' locks."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import signal
+import subprocess
+import time
 
 import pytest
 import yaml
 
-from _workflow_helpers import ROOT, TINY, report, snakemake
+from _workflow_helpers import BIN, ROOT, TINY, env, report, snakemake
+from image_density.data import load_prepared
 
 pytestmark = pytest.mark.workflow
 
@@ -97,3 +102,28 @@ def test_mlflow_ui_and_server_bind_to_loopback():
         for call in re.findall(r"mlflow\W+(?:ui|server)\b[^\n]*", text):
             host = re.search(r"(?:--host|-h)[ =,\"']+([\w.:]+)", call)
             assert host is None or host.group(1) in ("127.0.0.1", "localhost"), (path, call)
+
+
+def test_a_cli_prepare_beside_the_pipeline_is_one_result_or_a_clear_refusal(tmp_path):
+    """A user's `image-density prepare` holds a dataset folder (frozen mid-way) when the pipeline's
+    job for the same folder starts: the job is refused, naming the lock; the user's run finishes."""
+    raw = yaml.safe_load(TINY.read_text())
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    data = tmp_path / "results/data/field8"
+    lock = data.parent / ".field8.lock"
+    cmd = [str(BIN / "image-density"), "prepare", "--config", str(params), "--dataset", "field8"]
+    user = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not lock.exists():  # it holds the folder
+        assert user.poll() is None and time.monotonic() < deadline, user.stdout.read()
+        time.sleep(0.001)
+    os.kill(user.pid, signal.SIGSTOP)
+    try:
+        res = snakemake("-c1", "results/data/field8/meta.json", "--configfile", str(params), workdir=tmp_path)
+    finally:
+        os.kill(user.pid, signal.SIGCONT)
+    log = (tmp_path / "results/logs/prepare_data/field8.log").read_text()
+    assert res.returncode != 0 and "dataset folder results/data/field8: another process holds" in log, log
+    assert user.wait(timeout=120) == 0, user.stdout.read()
+    assert load_prepared(data).meta["n_train"] == raw["datasets"]["field8"]["n_train"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from image_density import atomic
 from image_density.config import RESUMABLE_CHANGES
 
 FORMAT = 1
@@ -80,52 +81,22 @@ def payload_sha256(obj: Any) -> str:
 # --------------------------------------------------------------------------------- write / read
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    # Fixed name in the same folder (same filesystem, so os.replace is atomic); a crash mid-write leaves
-    # only this file behind, which the next save overwrites and no loader ever reads.
-    return path.with_name(path.name + ".tmp")
-
-
 def save_atomic(payload: dict, path: Path, *, keep_previous: Path | None = None) -> Path:
     """Write payload + its checksum to `path` atomically: temp file, fsync, os.replace, fsync folder.
 
     With `keep_previous`, the file already at `path` is first moved there (checkpoint rotation).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in payload.items() if k != "sha256"}
     payload["format"] = FORMAT
     payload["sha256"] = payload_sha256(payload)
-    tmp = _tmp_name(path)
-    try:
+    # a fixed temp name: its writers hold the folder's lock (train.py), and a kill mid-write leaves
+    # only this file behind, which the next save overwrites and no loader ever reads
+    with atomic.replacing(path, tmp=path.with_name(path.name + ".tmp"), durable=True) as tmp:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        # torch.save reports a failed write (full disk, file-size limit) as an opaque RuntimeError
-        # whose context is the OSError; name the file and the reason instead
-        cause = err if isinstance(err, OSError) else err.__context__
-        if isinstance(err, Exception) and isinstance(cause, OSError) and cause.filename is None:
-            msg = f"cannot write {path}: {cause.strerror or cause}"
-            raise (OSError(cause.errno, msg) if cause.errno else OSError(msg)) from err
-        raise
-    _fsync_dir(path.parent)
     return path
 
 
@@ -159,12 +130,15 @@ def load_verified(path: Path, kind: str | None = None, map_location: str | torch
 # ----------------------------------------------------------------------------- resumable state
 
 
-def save_checkpoint(state: dict, ckpt_dir: Path) -> Path:
-    """Publish `state` as ckpt_dir/checkpoint.pt, keeping the one before as checkpoint.prev.pt."""
+def save_checkpoint(state: dict, ckpt_dir: Path, *, rotate: bool = True) -> Path:
+    """Publish `state` as ckpt_dir/checkpoint.pt, keeping the one before as checkpoint.prev.pt.
+
+    rotate=False when checkpoint.pt is not the last good checkpoint (`load_latest` skipped it as
+    bad): it is overwritten, and checkpoint.prev.pt, the last good one, stays where it is.
+    """
     ckpt_dir = Path(ckpt_dir)
-    return save_atomic(
-        {**state, "kind": "checkpoint"}, ckpt_dir / CKPT_NAME, keep_previous=ckpt_dir / PREV_NAME
-    )
+    prev = ckpt_dir / PREV_NAME if rotate else None
+    return save_atomic({**state, "kind": "checkpoint"}, ckpt_dir / CKPT_NAME, keep_previous=prev)
 
 
 def load_latest(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict, Path] | None:

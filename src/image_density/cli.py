@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from image_density import atomic
 from image_density.config import ConfigError, load_config, write_schema
 
 # figures.FIGURES' keys, here so that --help does not import matplotlib (test_figures checks they agree)
@@ -154,10 +155,7 @@ def _track(args) -> None:
         )
     if args.out:
         ids = [asdict(r) for r in records] if args.runs is not None else asdict(records[0])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(ids, indent=2) + "\n")
-        tmp.replace(args.out)
+        atomic.write_text(args.out, json.dumps(ids, indent=2) + "\n")
 
 
 def _add_train(sub) -> None:
@@ -270,10 +268,8 @@ def _write_table(path: Path, table) -> None:
 def _save_array(path: Path, array) -> None:
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        np.save(tmp, array)
 
 
 def _add_denoise(sub) -> None:
@@ -526,8 +522,6 @@ def _add_study(sub) -> None:
 
 
 def _study(args) -> None:
-    import os
-
     import numpy as np
 
     from image_density.studies.run import run_study
@@ -542,9 +536,7 @@ def _study(args) -> None:
     for suffix, value in sorted(outputs.items(), key=lambda kv: kv[0] == ""):
         path = args.out.with_name(args.out.stem + suffix) if suffix else args.out
         if isinstance(value, np.ndarray):
-            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-            np.save(tmp, value)
-            os.replace(tmp, path)
+            _save_array(path, value)
         else:
             write_rows(path, value.to_dict("records"), list(value.columns))
         print(f"study {args.name}: {path}")
@@ -620,10 +612,7 @@ def _metrics(args) -> None:
     # several tables of one kind (e.g. a content summary per dataset) are one table
     tables = {name: pd.concat(map(pd.read_csv, group), ignore_index=True) for name, group in paths.items()}
     metrics = headline_metrics(tables)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    tmp.replace(args.out)
+    atomic.write_text(args.out, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     print(f"metrics: {', '.join(metrics) or 'none'} -> {args.out}")
 
 

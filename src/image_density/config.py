@@ -8,9 +8,14 @@ The JSON schema in workflow/schemas/ is generated from `Config` (`image-density 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -31,8 +36,43 @@ class ConfigError(ValueError):
     """A params file that cannot be used; the message names the file, key path, value and rule."""
 
 
+# The numbers a run can use: ints become int64 tensors/numpy values and seeds, floats go through
+# float32 tensors, so an int outside int64 or a float that float32 turns into inf or 0 is refused
+# here rather than as an overflow (or a NaN loss) deep in a run.
+INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
+FLOAT32_MAX, FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).smallest_normal)
+
+
+def _machine_number(v: Any, where: str = "") -> Any:
+    """Refuse ints outside int64 and floats outside float32's normal range, inside lists/dicts too
+    (`where`: the item's place in the value, as pydantic's error names only the key)."""
+    if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
+        raise ValueError(f"{where}{v} is outside the 64-bit integer range")
+    if isinstance(v, float) and (abs(v) > FLOAT32_MAX or 0 < abs(v) < FLOAT32_TINY):
+        bounds = f"|x| from {FLOAT32_TINY:.3g} to {FLOAT32_MAX:.3g}"
+        raise ValueError(f"{where}{v!r} is outside float32's range ({bounds})")
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for i, item in items:
+        _machine_number(item, f"{where}item {i}: ")
+    return v
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "10" is not 10 and true is not 1 (an int is still a valid float); allow_inf_nan: .nan
+    # and .inf are refused at every key, inside lists too
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _numbers_fit(cls, v):
+        return _machine_number(v)
+
+
+# A path: text in the params file (strict mode would accept only Path objects).
+UserPath = Annotated[Path, Field(strict=False)]
+# torch.manual_seed and numpy's SeedSequence take any int in [0, 2^64), but the per-step streams of
+# train.step_generator use the low 32 bits: a larger seed would silently repeat a smaller one's run.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 # --------------------------------------------------------------------------------------- datasets
@@ -43,7 +83,7 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 class _Generated(Strict):
     n_train: PositiveInt
     n_test: PositiveInt
-    seed: int = 0
+    seed: Seed = 0
 
 
 class GaussianFieldData(_Generated):
@@ -104,11 +144,11 @@ class LfwFacesData(Strict):
     size: PositiveInt = 24
     resize: Literal["crop", "resize"] = "crop"
     n_test: Annotated[int, Field(ge=1, le=99)] = 20
-    seed: int = 0
+    seed: Seed = 0
 
 
 class _UserPath(Strict):
-    path: Path
+    path: UserPath
     n_train: PositiveInt | None = None  # caps; None: all available (the first ones in order)
     n_test: PositiveInt | None = None
 
@@ -122,7 +162,7 @@ class ArrayData(_UserPath):
     quantized: bool | None = None
     key: str | None = None
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ImageNet64Data(_UserPath):
@@ -149,7 +189,7 @@ class ImageFolderData(_UserPath):
     size: PositiveInt
     grayscale: bool = True
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    seed: int = 0
+    seed: Seed = 0
 
 
 DataSpec = Annotated[
@@ -232,7 +272,7 @@ class TrainSpec(Strict):
     ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0: no EMA (the release)
     ckpt_every: PositiveInt = 1000
     log_every: PositiveInt = 10
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _t_range(self):
@@ -478,8 +518,8 @@ class StudiesSpec(Strict):
 
 
 class Config(Strict):
-    seed: int = 0
-    results: Path = Path("results")
+    seed: Seed = 0
+    results: UserPath = Path("results")
     datasets: dict[Name, DataSpec]
     energy: EnergySpec | None = None
     generalization: GeneralizationSpec | None = None
@@ -536,27 +576,112 @@ class Config(Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _fits_in_memory(self):
+        """Every dataset and batch whose size the params fix fits in this machine's memory, as float32
+        (how studies load a split and how training and evaluation see a batch)."""
+        memory = machine_memory()
+        problems = []
+
+        def pixels(name: str) -> tuple[str, int] | None:
+            spec = self.datasets.get(name)
+            if getattr(spec, "size", None) is None:
+                return None
+            c = getattr(spec, "channels", 1 if getattr(spec, "grayscale", True) else 3)
+            return f"{c}x{spec.size}x{spec.size}", c * spec.size**2
+
+        for name, spec in self.datasets.items():
+            n = [getattr(spec, k, None) for k in ("n_train", "n_test")]
+            if None not in n and (px := pixels(name)) and 4 * sum(n) * px[1] > memory:
+                problems.append(
+                    f"datasets.{name}: n_train + n_test = {sum(n)} images of {px[0]} float32 = "
+                    f"{_bytes(4 * sum(n) * px[1])}, more than this machine's memory ({_bytes(memory)})"
+                )
+        batches = []  # (key, images per batch, datasets it sees)
+        if e := self.energy:
+            batches += [("energy.train.batch", e.train.batch, e.datasets),
+                        ("energy.likelihood.batch", e.likelihood.batch, e.datasets),
+                        ("studies.batch", self.studies.batch, e.datasets)]  # fmt: skip
+        if g := self.generalization:
+            batches += [("generalization.train.batch", g.train.batch, [g.dataset]),
+                        ("generalization.likelihood.batch", g.likelihood.batch, [g.dataset])]  # fmt: skip
+        if m := self.multiscale:
+            batches.append(("multiscale.train.batch", m.train.batch, m.datasets))
+            if me := m.energy:
+                key = "multiscale.energy"
+                batches += [(f"{key}.train.batch", me.train.batch, m.datasets),
+                            (f"{key}.likelihood.batch", me.likelihood.batch, m.datasets)]  # fmt: skip
+        for key, batch, names in batches:
+            for name in names:
+                if (px := pixels(name)) and 4 * batch * px[1] > memory:
+                    problems.append(
+                        f"{key}: {batch} images of {px[0]} float32 (dataset {name!r}) = "
+                        f"{_bytes(4 * batch * px[1])}, more than this machine's memory ({_bytes(memory)})"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _bytes(n: int) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    i = min(int(math.log(max(n, 1), 1024)), len(units) - 1)
+    return f"{n / 1024**i:.1f} {units[i]}"
+
 
 # ------------------------------------------------------------------------------------- loading
 
 
-def _format_error(source: str, err: ValidationError, raw: Any) -> str:
+def _format_error(source: str, err: ValidationError) -> str:
     lines = [f"invalid params in {source}:"]
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
         if len(loc) > 2 and loc[0] == "datasets" and loc[2] in DATA_KINDS:
             del loc[2]  # pydantic's discriminator tag, not a key the user wrote
-        path = ".".join(loc) or "(top level)"
+        path = ".".join(loc)
         value = e.get("input")
-        if e["type"] == "extra_forbidden":
-            rule = "unknown key (not allowed)"
+        rule = "unknown key (not allowed)" if e["type"] == "extra_forbidden" else e["msg"]
+        rule = rule.removeprefix("Value error, ")
+        if e["type"] in ("int_type", "float_type") and isinstance(value, str) and _is_number(value):
+            rule += " (this is text: write the number without quotes)"
+        if e["type"] == "missing":
+            lines.append(f"  {path}: missing (a required key)")
+        elif not path:  # a check across sections: its message names the keys
+            lines.append(f"  {rule}")
+        elif isinstance(value, dict):  # a check of a whole section: its message names the keys
+            lines.append(f"  {path}: {rule}")
         else:
-            rule = e["msg"]
-        shown = "missing" if e["type"] == "missing" else repr(value)
-        if isinstance(value, dict):
-            shown = "{...}"
-        lines.append(f"  {path} = {shown}: {rule}")
+            lines.append(f"  {path} = {value!r}: {rule}")
     return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# YAML 1.2 (and every reader) takes 1.0e3 and 1e-3 for numbers; PyYAML and Snakemake (YAML 1.1) read
+# them as text, as they need a dot and a signed exponent. Only this spelling of a float is converted:
+# other text ("10", "0.5") is refused by the strict types.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
+def _exponent_floats(raw: Any) -> Any:
+    if isinstance(raw, str) and _EXPONENT_FLOAT.fullmatch(raw):
+        return float(raw)
+    if isinstance(raw, dict):
+        return {k: _exponent_floats(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_exponent_floats(v) for v in raw]
+    return raw
 
 
 def validate_config(raw: Any, source: str = "<params>") -> Config:
@@ -564,20 +689,48 @@ def validate_config(raw: Any, source: str = "<params>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid params in {source}: expected a mapping at top level, got {raw!r}")
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(_exponent_floats(raw))
     except ValidationError as err:
-        raise ConfigError(_format_error(source, err, raw)) from None
+        raise ConfigError(_format_error(source, err)) from None
 
 
-def load_config(path: str | Path) -> Config:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (SafeLoader keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found the key {key!r} twice (first on line {seen[key] + 1})", key_node.start_mark,
+                )  # fmt: skip
+            if isinstance(key, Hashable):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_params(path: str | Path) -> Any:
+    """The YAML of a params file (numbers as YAML 1.2 reads them), unvalidated; a ConfigError naming
+    the file when it is missing, not UTF-8, not YAML, or gives a key twice."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"params file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
+        ) from None
+    try:
+        return _exponent_floats(yaml.load(text, Loader=_UniqueKeyLoader))
     except yaml.YAMLError as err:
         raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
-    return validate_config(raw, str(path))
+
+
+def load_config(path: str | Path) -> Config:
+    return validate_config(read_params(path), str(path))
 
 
 def json_schema() -> dict:

@@ -8,7 +8,6 @@ ranges). `make_figure(name, ...)` reads, draws and writes PNG + PDF.
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,8 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 from scipy import stats
+
+from image_density import atomic
 
 STYLE = {
     **sns.axes_style("whitegrid"),
@@ -551,9 +552,8 @@ def save_figure(fig: Figure, out: Path) -> list[Path]:
     written = []
     with matplotlib.rc_context(STYLE):
         for path in (out, out.with_suffix(".pdf")):
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            fig.savefig(tmp, format=path.suffix[1:])
-            os.replace(tmp, path)
+            with atomic.replacing(path) as tmp:
+                fig.savefig(tmp, format=path.suffix[1:])
             written.append(path)
     return written
 

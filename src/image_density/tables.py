@@ -12,12 +12,13 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from image_density import atomic
 
 
 def _cell(v: Any) -> str:
@@ -50,14 +51,7 @@ def write_rows(path: Path, rows: Iterable[Mapping[str, Any]], columns: list[str]
     writer.writeheader()
     for r in rows:
         writer.writerow({c: _cell(r.get(c)) for c in columns})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, path)
-    except OSError as err:  # a full disk: no temp file left, and an error that names the table
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from err
+    atomic.write_text(path, buf.getvalue())
 
 
 def upsert_rows(path: Path, rows: Iterable[Mapping[str, Any]], key_columns: list[str]) -> None:

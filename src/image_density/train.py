@@ -35,7 +35,6 @@ grad_norm and the batch mean of every loss term).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -51,6 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from image_density import atomic
 from image_density.checkpoint import (
     CKPT_NAME,
     CheckpointError,
@@ -159,31 +159,6 @@ class _StopFlag:
         self.signum = signum
 
 
-@contextlib.contextmanager
-def _exclusive(ckpt_dir: Path, enabled: bool):
-    """One training per state folder: two writers would interleave checkpoints."""
-    if not enabled:
-        yield
-        return
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    with open(ckpt_dir / "checkpoint.lock", "w") as fd:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CheckpointError(f"{ckpt_dir}: another training process holds checkpoint.lock") from None
-        yield
-
-
-def _write_lines_atomic(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text("".join(lines))
-        os.replace(tmp, path)
-    except OSError as err:  # a full disk: no temp file left, and an error that names the file
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from err
-
-
 def _metrics_upto(path: Path, step: int) -> list[str]:
     """Lines of a metrics log with step <= `step` (later ones were logged after the checkpoint)."""
     if not path.exists():
@@ -226,12 +201,23 @@ def _all_reduce_mean_(tensors: list[torch.Tensor], world: int) -> None:
 
 
 @contextlib.contextmanager
-def _session(ckpt_dir: Path, handle_signals: bool):
-    """(rank, world_size, stop flag) for one training: process group, state-folder lock, signals."""
+def _session(ckpt_dir: Path, out_dir: Path, handle_signals: bool):
+    """(rank, world_size, stop flag) for one training: process group, locks, signals.
+
+    One training per state folder and per output folder (rank 0 holds both locks): two writers would
+    interleave checkpoints, or publish one run's model.pt beside the other's metrics.jsonl.
+    """
     rank, world, started_dist = _dist_info()
     try:
-        with _exclusive(ckpt_dir, rank == 0), _StopFlag().installed(handle_signals) as stop:
-            yield rank, world, stop
+        with contextlib.ExitStack() as locks:
+            if rank == 0:
+                state_lock = ckpt_dir / "checkpoint.lock"
+                locks.enter_context(atomic.exclusive(state_lock, f"training state {ckpt_dir}"))
+                if out_dir.resolve() != ckpt_dir.resolve():
+                    out_lock = atomic.lock_beside(out_dir.resolve())
+                    locks.enter_context(atomic.exclusive(out_lock, f"training output {out_dir}"))
+            with _StopFlag().installed(handle_signals) as stop:
+                yield rank, world, stop
     finally:
         if started_dist:
             dist.destroy_process_group()
@@ -321,7 +307,7 @@ def train(
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir or out_dir)
     meta = dict(meta or {})
     live = ckpt_dir / LIVE_METRICS
-    with _session(ckpt_dir, handle_signals) as (rank, world, stop):
+    with _session(ckpt_dir, out_dir, handle_signals) as (rank, world, stop):
         if spec.batch % world:
             raise ValueError(f"train.batch = {spec.batch} is not divisible by the {world} processes")
         device = torch.device(device) if device is not None else _default_device(world)
@@ -331,7 +317,7 @@ def train(
         st, ema = _resume(model, opt, ema, spec, ckpt_dir, model_spec, meta, device)
         resumed_from = st.step
         if rank == 0:
-            _write_lines_atomic(live, _metrics_upto(live, st.step))
+            atomic.write_text(live, "".join(_metrics_upto(live, st.step)))
             out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
         if world > 1:  # every rank starts from rank 0's weights
             for v in model.state_dict().values():
@@ -351,7 +337,7 @@ def train(
                     "model_spec": model_spec, "train_spec": spec.model_dump(mode="json"),
                     "config": config, "meta": meta,
                 }  # fmt: skip
-                save_checkpoint(state, ckpt_dir)
+                save_checkpoint(state, ckpt_dir, rotate=st.path == ckpt_dir / CKPT_NAME)
             if world > 1:
                 dist.barrier()
             return ckpt_dir / CKPT_NAME
@@ -410,7 +396,7 @@ def train(
             # files that a tool would take for a finished run
             model_path.unlink(missing_ok=True)
             try:
-                _write_lines_atomic(metrics_path, _metrics_upto(live, st.step))
+                atomic.write_text(metrics_path, "".join(_metrics_upto(live, st.step)))
                 weights = ema if ema is not None else model.state_dict()
                 save_model(
                     model_path, weights=weights, model_spec=model_spec, config=config, meta=meta,

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from image_density import atomic
+
 META = "meta.json"
 SPLITS = ("train", "test")
 
@@ -88,26 +90,27 @@ class NpyWriter:
 
 @contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
-    """A temp folder next to `out` that replaces `out` only if the block succeeds."""
+    """A temp folder next to `out` that replaces `out` only if the block succeeds; one writer at a
+    time (a second one is refused while the first holds `.<name>.lock` beside `out`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()  # unlike mkdtemp, honours the umask
-    try:
-        yield tmp
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and err.filename is None:  # a failed write() (full disk) names no file
-            msg = f"cannot write {out}: {err.strerror or err}"
-            raise (OSError(err.errno, msg) if err.errno else OSError(msg)) from err
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic.exclusive(atomic.lock_beside(out), f"dataset folder {out}"):
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()  # unlike mkdtemp, honours the umask
+        try:
+            yield tmp
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if (better := atomic.named(err, out)) is not None:
+                raise better from err
+            raise
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_meta(folder: Path, meta: dict) -> None:
