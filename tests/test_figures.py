@@ -1,6 +1,7 @@
 """Figures build from small hand-made tables (the studies' columns), write PNG + PDF, and never
 import torch."""
 
+import hashlib
 import subprocess
 import sys
 
@@ -256,6 +257,20 @@ def test_generalization_and_content_figures_read_their_companions(tmp_path):
     _check_written(figures.make_figure("content", tmp_path / "content.csv", out), out)
     fig = figures.content_figure(per, summary, images, affine)
     assert "log p(a x + b)" in fig.axes[2].get_title() and len(fig.axes[2].lines) == 2  # one per b
+
+
+def test_a_figure_names_the_tables_it_drew_with_their_sha256(tmp_path):
+    per, summary, images = content_tables()
+    per.to_csv(tmp_path / "content.csv", index=False)
+    summary.to_csv(tmp_path / "content_summary.csv", index=False)
+    np.save(tmp_path / "content_extremes.npy", images)
+    out = tmp_path / "content.png"
+    figures.make_figure("content", tmp_path / "content.csv", out)
+    with Image.open(out) as img:
+        source = img.text["Source"]
+    for name in ("content.csv", "content_summary.csv", "content_extremes.npy"):
+        digest = hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+        assert f"{tmp_path / name} sha256={digest}" in source
 
 
 def test_figure_command_and_errors(tmp_path, capsys):

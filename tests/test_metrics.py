@@ -1,5 +1,6 @@
 """`image-density metrics`: the headline numbers of hand-made study tables, as strict JSON."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -78,7 +79,10 @@ def test_metrics_command_writes_strict_json(tmp_path, capsys):
     text = out.read_text()
     assert "NaN" not in text
     metrics = json.loads(text)
-    assert set(metrics) == {"nll", "generalization", "multiscale_nll"}  # --denoising without a table
+    assert set(metrics) == {"nll", "generalization", "multiscale_nll", "sources"}  # --denoising: no table
+    # the tables it read, each with its sha256: a later reader can tell exactly what was summarized
+    assert metrics["sources"] == {str(paths[k]): hashlib.sha256(paths[k].read_bytes()).hexdigest()
+                                  for k in ("nll", "generalization", "multiscale_nll")}  # fmt: skip
     assert metrics["generalization"]["n1"]["train_pearson_r"] == 0.5  # the NaN of A left out of the mean
     assert cli.main(["metrics", "--toy", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
     assert "missing.csv" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Outputs that appear whole or not at all, and locks that keep two processes from writing one output.
+"""Outputs that appear whole or not at all, locks that keep two processes from writing one output,
+and the sha256 that lets a later stage record exactly which file it read.
 
 `replacing(path)` hands out a temp path beside `path` (same folder, so `os.replace` is atomic) and
 moves it onto `path` only when the block succeeds: a reader, a crash or a kill never sees half a
@@ -9,6 +10,7 @@ file). `exclusive(lock, what)` refuses, rather than waits, when another process 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -67,6 +69,14 @@ def replacing(path: Path, *, tmp: Path | None = None, durable: bool = False) -> 
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text(path: Path, text: str) -> None:

@@ -612,6 +612,8 @@ def _metrics(args) -> None:
     # several tables of one kind (e.g. a content summary per dataset) are one table
     tables = {name: pd.concat(map(pd.read_csv, group), ignore_index=True) for name, group in paths.items()}
     metrics = headline_metrics(tables)
+    # which tables exactly (a later reader can check them against these): strings, not metrics
+    metrics["sources"] = {str(p): atomic.sha256_file(p) for group in paths.values() for p in group}
     atomic.write_text(args.out, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     print(f"metrics: {', '.join(metrics) or 'none'} -> {args.out}")
 

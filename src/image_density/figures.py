@@ -9,7 +9,7 @@ ranges). `make_figure(name, ...)` reads, draws and writes PNG + PDF.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -543,25 +543,31 @@ def _rf_nll_panel(ax, rows: pd.DataFrame, dataset: str, rfs: list[int]) -> None:
 # ----------------------------------------------------------------------------------- make + save
 
 
-def save_figure(fig: Figure, out: Path) -> list[Path]:
-    """Write `out` (.png) and the same figure as .pdf beside it, each atomically."""
+def save_figure(fig: Figure, out: Path, sources: Mapping[Path, str] | None = None) -> list[Path]:
+    """Write `out` (.png) and the same figure as .pdf beside it, each atomically; `sources` (table ->
+    sha256) are recorded in the files' metadata, so a figure names exactly the tables it drew."""
     out = Path(out)
     if out.suffix != ".png":
         raise ValueError(f"figure output must be a .png path (a .pdf is written beside it), got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    provenance = "; ".join(f"{p} sha256={h}" for p, h in (sources or {}).items())
     written = []
     with matplotlib.rc_context(STYLE):
         for path in (out, out.with_suffix(".pdf")):
+            key = "Source" if path.suffix == ".png" else "Subject"  # a PNG text chunk, a PDF info entry
             with atomic.replacing(path) as tmp:
-                fig.savefig(tmp, format=path.suffix[1:])
+                fig.savefig(tmp, format=path.suffix[1:], metadata={key: provenance} if provenance else None)
             written.append(path)
     return written
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, sources: dict[Path, str] | None = None) -> pd.DataFrame:
+    """The table at `path`; its sha256 is added to `sources` (what was read, for provenance)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"table not found: {path}")
+    if sources is not None:
+        sources[path] = atomic.sha256_file(path)
     return pd.read_csv(path)
 
 
@@ -598,20 +604,25 @@ def make_figure(
     rf_ablation the multi-scale NLL table `nll` when given."""
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r} (known: {sorted(FIGURES)})")
+    read: dict[Path, str] = {}
     with matplotlib.rc_context(STYLE):
-        main = _read_table(table)
+        main = _read_table(table, read)
         if name == "generalization":
-            fig = generalization_figure(main, _read_table(summary or sibling(table, "_summary.csv")))
+            fig = generalization_figure(main, _read_table(summary or sibling(table, "_summary.csv"), read))
         elif name == "content":
             arr = Path(images) if images else sibling(table, "_extremes.npy")
             if images and not arr.is_file():
                 raise FileNotFoundError(f"image array not found: {arr}")
             imgs = np.load(arr) if arr.is_file() else None
+            if imgs is not None:
+                read[arr] = atomic.sha256_file(arr)
             sweep = Path(affine) if affine else sibling(table, "_affine.csv")
-            sweep = _read_table(sweep) if affine or sweep.is_file() else None
-            fig = content_figure(main, _read_table(summary or sibling(table, "_summary.csv")), imgs, sweep)
+            sweep = _read_table(sweep, read) if affine or sweep.is_file() else None
+            fig = content_figure(
+                main, _read_table(summary or sibling(table, "_summary.csv"), read), imgs, sweep
+            )
         elif name == "rf_ablation":
-            fig = rf_ablation_figure(main, None if nll is None else _read_table(nll))
+            fig = rf_ablation_figure(main, None if nll is None else _read_table(nll, read))
         else:
             fig = FIGURES[name](main)
-    return save_figure(fig, out)
+    return save_figure(fig, out, read)

@@ -8,7 +8,6 @@ datasets do not fit in memory) and the whole folder appears at once by a rename.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from image_density import atomic
+from image_density.atomic import sha256_file
 
 META = "meta.json"
 SPLITS = ("train", "test")
@@ -39,14 +39,6 @@ class Source:
     source: dict
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class NpyWriter:
