@@ -270,16 +270,37 @@ class CNNSpec(Strict):
 
 
 class SamplerSpec(Strict):
-    """Stochastic coarse-to-fine ascent (Kadkhodaie & Simoncelli 2021)."""
+    """Stochastic coarse-to-fine ascent (Kadkhodaie & Simoncelli 2021) as the LPM release runs it
+    (sampling.py). Every band starts from zero-mean noise of std sigma_0 and the divergence guard and
+    low-pass range are in the release's (averaging) units, converted to the transform's once
+    (wavelets.release_scale); the stop rule is relative, so it needs no conversion."""
 
     h0: PositiveFloat = 0.01
     beta_lowpass: Annotated[float, Field(gt=0, le=1)] = 0.01
     beta_details: Annotated[float, Field(gt=0, le=1)] = 0.1
-    mean: float = 0.5  # start of the low-pass: N(low-pass of this constant image, sigma_0^2)
-    sigma_0: PositiveFloat = 1.0
-    sigma_L: PositiveFloat = 0.01
-    max_iter: PositiveInt = 1000
+    # False: h_t = h0 t / (1 + h0 (t - 1)) grows to 1; True: h_t = h0 (the release's low-pass demo)
+    fixed_h_lowpass: bool = False
+    fixed_h_details: bool = False
+    sigma_0: PositiveFloat = 1.0  # start: y_0 ~ N(0, sigma_0^2) in every band
+    # stop when sigma_t <= sigma_L std(y_t): an SNR of -20 log10(sigma_L) dB (40 dB at 0.01)
+    sigma_L: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    sigma_max: PositiveFloat = 1.5  # stop as diverged when sigma_t exceeds it (the release's guard)
+    # the sampled low-pass rescaled to [0, lowpass_range] before the details are drawn (the release:
+    # 0.8); None keeps it as sampled
+    lowpass_range: PositiveFloat | None = None
+    max_iter: PositiveInt = 1000  # a sample still running then is reported "capped"
     n_samples: PositiveInt = 8
+
+    @model_validator(mode="after")
+    def _can_converge(self):
+        if self.sigma_L >= self.sigma_0:
+            raise ValueError(f"sigma_L ({self.sigma_L}) must be smaller than sigma_0 ({self.sigma_0})")
+        if self.sigma_0 >= self.sigma_max:
+            raise ValueError(
+                f"sigma_0 ({self.sigma_0}) must be smaller than sigma_max ({self.sigma_max}): the "
+                "first step would stop as diverged"
+            )
+        return self
 
 
 class MultiscaleEnergySpec(Strict):
