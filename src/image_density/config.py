@@ -133,11 +133,22 @@ class ImageNet64Data(_UserPath):
 
 
 class CelebAData(_UserPath):
-    """img_align_celeba/*.jpg + list_eval_partition.txt (partition 0 = train, 2 = test); grayscale,
-    centred 178 x 178 crop, bicubic resize to `size`."""
+    """img_align_celeba/*.jpg + list_eval_partition.txt (partition 0 = train, 2 = test), as the LPM
+    release: crop [29:-29, 9:-9] (native 160 x 160), grey = mean of RGB / 255 as float32."""
 
     kind: Literal["celeba"]
-    size: Literal[160, 320] = 160
+    size: PositiveInt = 160
+
+    @field_validator("size")
+    @classmethod
+    def _native(cls, v):
+        if v != 160:
+            raise ValueError(
+                f"CelebA's aligned faces give 160 x 160 at native resolution; {v} would resample them "
+                "(320: an x2 upsampling with an empty finest band). Paper 2's 320 x 320 set came from a "
+                "separate 512 x 512 source scaled by 0.625: give it as kind image_folder, size 320"
+            )
+        return v
 
 
 class ImageFolderData(_UserPath):
