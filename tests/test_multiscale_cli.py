@@ -46,7 +46,6 @@ NETS = [("denoiser", "lowpass", None), ("denoiser", "0", 3), ("denoiser", "1", 3
         ("energy", "lowpass", None), ("energy", "0", 3), ("energy", "1", 3)]  # fmt: skip
 
 
-
 def run(*args) -> int:
     return cli.main([str(a) for a in args])
 
@@ -202,3 +201,25 @@ def test_circular_padding_makes_the_cnns_periodic():
         shifted = energy.energy(shift(d), t)
     with energy.bind(x):
         torch.testing.assert_close(shifted, energy.energy(d, t))
+
+
+def test_epoch_schedule_is_the_releases_per_scale():
+    # training.py: num_epochs = 500 * 4^j, lr halved every 50 * 4^j epochs; the low-pass is trained
+    # on the coefficients of scale J - 1, the flat network on images (j = 0)
+    from image_density.config import load_config
+    from image_density.multiscale_train import epoch_train_spec, plan_scale
+
+    cfg = load_config("params/paper.yaml")
+    n_train, batch = 162_770, cfg.multiscale.train.batch  # CelebA's train partition
+    per_epoch = -(-n_train // batch)  # 318
+    for scale, rf, j in [("flat", 5, 0), (0, 5, 0), (1, 9, 1), ("lowpass", None, 1)]:
+        plan = plan_scale(cfg, "celeba160", "denoiser", scale, rf)
+        spec = epoch_train_spec(cfg, plan, n_train)
+        assert (spec.steps, spec.lr_halve_every) == (500 * 4**j * per_epoch, 50 * 4**j * per_epoch)
+        assert spec.batch == batch and spec.lr == cfg.multiscale.train.lr
+    plan = plan_scale(cfg, "celeba320", "denoiser", "lowpass", None)
+    assert epoch_train_spec(cfg, plan, 1000).steps == 500 * 4**2 * 2
+    # without a schedule (the demo), train.steps as given
+    demo = load_config("params/demo.yaml")
+    plan = plan_scale(demo, "faces", "denoiser", 1, 9)
+    assert epoch_train_spec(demo, plan, 80) == demo.multiscale.train

@@ -337,6 +337,19 @@ class MultiscaleEnergySpec(Strict):
 Levels = Annotated[int, Field(ge=1, le=16)]
 
 
+class EpochSchedule(Strict):
+    """The LPM release's schedule (training.py), replacing train.steps and train.lr_halve_every of
+    paper 2's denoisers: `epochs` 4^j passes over the training images at scale j, lr halved every
+    `lr_halve_every` 4^j epochs (a band at scale j has 4^-j the coefficients of one at scale 0). Its j:
+    0 for the flat networks, J - 1 for the low-pass (it trains on the coefficients of scale J - 1).
+    Steps = epochs x ceil(n_train / train.batch); our batches are drawn at random, so an "epoch" is
+    n_train images seen, not a permutation."""
+
+    epochs: PositiveInt = 500
+    lr_halve_every: PositiveInt = 50
+    growth: PositiveInt = 4  # the factor per scale
+
+
 class MultiscaleSpec(Strict):
     """Paper 2: wavelet levels J per dataset, conditional CNNs per RF, flat baselines; optionally the
     normalized conditional energies of `energy`."""
@@ -350,6 +363,12 @@ class MultiscaleSpec(Strict):
     rf: list[PositiveInt] = [5, 9, 13, 23, 43]
     cnn: CNNSpec = CNNSpec()
     train: TrainSpec
+    # None: every denoiser trains train.steps steps; an EpochSchedule: the release's epochs per scale
+    epochs: EpochSchedule | None = None
+    # The release trains the low-pass and flat denoisers on clean x u, u ~ U(0, 1) per image, so that
+    # they denoise at every intensity (synthesis starts from zero-mean noise and finds its own
+    # brightness). False keeps the data's intensities only (fewer steps to a given PSNR on it).
+    intensity_scaling: bool = False
     # training noise std sigma = sigma_max (k / noise_grid)^2, k uniform in {0..noise_grid}, sigma_max
     # the largest |value| of what is noised (1 for images in [0, 1]); see losses.sample_quadratic_sigma
     noise_grid: PositiveInt = 255
