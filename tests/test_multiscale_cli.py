@@ -103,6 +103,14 @@ def test_denoise_sample_super_resolve_and_nll_commands(project, capsys):
     assert run("sample", "--config", cfg, "--models", *denoisers, "--rf", 3, "--out", out / "s.png") == 0
     assert np.load(out / "s.npy").shape == (2, 2, 1, 16, 16)  # rows: multi-scale, flat
     assert Image.open(out / "s.png").size[0] > 2 * 16
+    with open(out / "s.sampler.csv") as f:  # the sampler's trace: per model, sample and stage
+        trace = list(csv.DictReader(f))
+    stages = {(r["model"], r["stage"]) for r in trace}
+    assert stages == {("multiscale-rf3", s) for s in ("lowpass", "scale1", "scale0")} | {("flat-rf3", "flat")}
+    assert len(trace) == 4 * 2  # 2 samples each
+    for r in trace:  # converged means the stop rule held (40 dB at sigma_L = 0.01); else it says why
+        assert 1 <= int(r["iterations"]) <= 3
+        assert (r["status"] == "converged") == (float(r["final_snr_db"]) >= 40), r
 
     assert run("super-resolve", "--config", cfg, "--models", *denoisers, "--rf", 3, "--out", out / "sr.png",
                "--table", out / "sr.csv") == 0  # fmt: skip
@@ -115,6 +123,11 @@ def test_denoise_sample_super_resolve_and_nll_commands(project, capsys):
     with open(out / "sr.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["model"] == "multiscale-rf3" and float(row["psnr_lowpass_only"]) > 0
+    with open(out / "sr.sampler.csv") as f:
+        trace = list(csv.DictReader(f))
+    assert len(trace) == 2 * 2 * 2 and {r["stage"] for r in trace} == {"scale0", "scale1"}  # images x draws
+    not_converged = sum(r["status"] != "converged" for r in trace)
+    assert int(row["n_capped"]) + int(row["n_diverged"]) == not_converged
 
     assert run("multiscale-nll", "--config", cfg, "--models", *energies, "--table", out / "nll.csv") == 0
     with open(out / "nll.csv") as f:
