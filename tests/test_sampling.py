@@ -229,7 +229,7 @@ def test_a_sample_that_does_not_converge_says_so():
 
 
 def test_lowpass_range_rescale():
-    spec = SamplerSpec(max_iter=2, lowpass_range=0.8)
+    spec = SamplerSpec(max_iter=2, rescale_lowpass=True, lowpass_range=0.8)
     seen = []  # (j, the low-pass the details of scale j are conditioned on)
     conds = [lambda d, x, j=j: seen.append((j, x.clone())) or d for j in range(LEVELS)]
     synthesize(lambda y: 0.5 * y, conds, (3, 1, N, N), spec, torch.Generator().manual_seed(0),

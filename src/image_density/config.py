@@ -296,9 +296,10 @@ class SamplerSpec(Strict):
     # stop when sigma_t <= sigma_L std(y_t): an SNR of -20 log10(sigma_L) dB (40 dB at 0.01)
     sigma_L: Annotated[float, Field(gt=0, lt=1)] = 0.01
     sigma_max: PositiveFloat = 1.5  # stop as diverged when sigma_t exceeds it (the release's guard)
-    # the sampled low-pass rescaled to [0, lowpass_range] before the details are drawn (the release:
-    # 0.8); None keeps it as sampled
-    lowpass_range: PositiveFloat | None = None
+    # rescale_lowpass: the sampled low-pass mapped onto [0, lowpass_range] (per image, min to max)
+    # before the details are drawn, as the release (0.8); false keeps it as sampled
+    rescale_lowpass: bool = False
+    lowpass_range: PositiveFloat = 0.8
     max_iter: PositiveInt = 1000  # a sample still running then is reported "capped"
     n_samples: PositiveInt = 8
 

@@ -203,10 +203,10 @@ def synthesize(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, list[Trace]]:
-    """Sample from scratch: the low-pass x_J with the global denoiser (rescaled to spec.lowpass_range
-    if set), then `super_resolve`. shape = (B, C, H, W) of the final images. Returns images and the
-    traces, low-pass first. With no conditional denoisers this is the flat (single-scale) sampler,
-    whose stage is "flat" and never rescaled (as the release)."""
+    """Sample from scratch: the low-pass x_J with the global denoiser (rescaled to [0, lowpass_range]
+    with spec.rescale_lowpass), then `super_resolve`. shape = (B, C, H, W) of the final images.
+    Returns images and the traces, low-pass first. With no conditional denoisers this is the flat
+    (single-scale) sampler, whose stage is "flat" and never rescaled (as the release)."""
     levels = len(conditional_denoisers)
     b, c, hh, ww = shape
     scale = release_scale(levels, normalization)
@@ -224,7 +224,7 @@ def synthesize(
     )
     if not levels:
         return x_J, [low]
-    if spec.lowpass_range is not None:
+    if spec.rescale_lowpass:
         x_J = rescale_range(x_J, spec.lowpass_range * scale)
     x, traces = super_resolve(x_J, conditional_denoisers, spec, generator, wavelet, normalization)
     return x, [low, *traces]
