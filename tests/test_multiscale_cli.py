@@ -236,3 +236,16 @@ def test_epoch_schedule_is_the_releases_per_scale():
     demo = load_config("params/demo.yaml")
     plan = plan_scale(demo, "faces", "denoiser", 1, 9)
     assert epoch_train_spec(demo, plan, 80) == demo.multiscale.train
+
+
+def test_a_band_of_zero_variance_is_refused_before_sampling():
+    from image_density.studies.multiscale import ScaleModels, check_bands
+
+    models = ScaleModels("denoiser", "flatland", 2, "haar", "orthonormal", (1, 8, 8))
+    models.infos = {
+        "denoiser-lowpass": {"meta": {"sigma_max": 2.0}},
+        "denoiser-0-rf3": {"meta": {"sigma_max": 0.0}},  # its band was 0 on every training image
+    }
+    check_bands(models, ["denoiser-lowpass"])
+    with pytest.raises(ValueError, match="flatland: denoiser-0-rf3 trained on a band of zero variance"):
+        check_bands(models, ["denoiser-lowpass", "denoiser-0-rf3"])
