@@ -11,6 +11,7 @@ from PIL import Image
 
 from _data_helpers import leftovers, spec
 from image_density import cli
+from image_density.config import ConfigError, validate_config
 from image_density.data import load_prepared, prepare_dataset
 
 
@@ -125,16 +126,20 @@ def celeba(tmp_path):
 
 def test_celeba(tmp_path, celeba):
     p = load_prepared(prepare_dataset(spec(kind="celeba", path=celeba, size=160), tmp_path / "c", "c"))
-    assert p.shape == (1, 160, 160) and (len(p.train), len(p.test)) == (3, 2) and p.quantized
+    assert p.shape == (1, 160, 160) and (len(p.train), len(p.test)) == (3, 2) and not p.quantized
+    assert p.test.dtype == np.float32
     with Image.open(celeba / "img_align_celeba" / "000005.jpg") as im:  # first test image
-        r, g, b = np.asarray(im, dtype=int).transpose(2, 0, 1)
-    grey = Image.fromarray(((299 * r + 587 * g + 114 * b + 500) // 1000).astype(np.uint8))
-    ref = grey.crop((0, 20, 178, 198)).resize((160, 160), Image.Resampling.BICUBIC)  # centred square
-    assert np.array_equal(p.test[0, 0], np.asarray(ref))
-    capped = load_prepared(
-        prepare_dataset(spec(kind="celeba", path=celeba, size=320, n_train=2), tmp_path / "d", "d")
-    )
-    assert capped.train.shape == (2, 1, 320, 320)
+        rgb = np.asarray(im, dtype=np.float64)  # (218, 178, 3)
+    # the release's crop rows 29..188, columns 9..168 at native resolution, grey = mean of RGB / 255
+    want = rgb[29:189, 9:169].mean(axis=2) / 255
+    np.testing.assert_allclose(p.test[0, 0], want, rtol=0, atol=1e-6)
+    capped = load_prepared(prepare_dataset(spec(kind="celeba", path=celeba, n_train=2), tmp_path / "d", "d"))
+    assert capped.train.shape == (2, 1, 160, 160)
+
+
+def test_celeba_is_not_upsampled(tmp_path, celeba):
+    with pytest.raises(ConfigError, match=r"datasets\.d\.size = 320.*separate 512 x 512 source"):
+        validate_config({"datasets": {"d": {"kind": "celeba", "path": str(celeba), "size": 320}}})
 
 
 def test_celeba_bad_inputs(tmp_path, celeba):
@@ -153,6 +158,11 @@ def test_celeba_bad_inputs(tmp_path, celeba):
     prepare_fails(s, tmp_path, ValueError, part, "line 2")
     part.unlink()
     prepare_fails(s, tmp_path, FileNotFoundError, "list_eval_partition.txt")
+
+
+def test_celeba_refuses_images_that_are_not_aligned(tmp_path, celeba):
+    Image.new("RGB", (178, 178)).save(celeba / "img_align_celeba" / "000002.jpg")
+    prepare_fails(spec(kind="celeba", path=celeba), tmp_path, ValueError, "000002.jpg is 178 x 178")
 
 
 # ------------------------------------------------------------------------------- image folders

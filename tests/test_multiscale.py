@@ -139,3 +139,30 @@ def test_objectives_pick_the_right_band_and_train(field):
     for levels, j in [(0, None), (2, None)]:
         flat = BlindCNN(1, layers=3, width=4)
         assert denoiser_objective(levels, j, 1.0)(flat, x, None, torch.Generator())["loss"].shape == (64,)
+
+
+def test_intensity_scaling_scales_the_flat_and_lowpass_inputs_only():
+    x = 0.2 + torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = []
+
+    def net(noisy, *cond):
+        seen.append((noisy, *cond))
+        return torch.zeros_like(noisy)
+
+    def inputs(levels, j, scaling):
+        seen.clear()
+        objective = denoiser_objective(levels, j, 0.0, intensity_scaling=scaling)  # sigma 0: no noise
+        objective(net, x, None, torch.Generator().manual_seed(1))
+        return seen[0]
+
+    lows, details = pyramid(x, 2)
+    for levels, j, target in [(0, None, x), (2, None, lows[-1])]:
+        (got,) = inputs(levels, j, True)
+        u = (got / target).flatten(1)  # one factor per image, U(0, 1)
+        torch.testing.assert_close(u, u[:, :1].expand_as(u))
+        assert 0 < u.min() and u.max() < 1 and u[:, 0].std() > 0.2  # U(0, 1): std 0.29
+        torch.testing.assert_close(inputs(levels, j, False)[0], target)
+    # a conditional network sees the data's own details and low-pass (the release: no rescale)
+    got_d, got_x = inputs(2, 0, True)
+    torch.testing.assert_close(got_d, details[0])
+    torch.testing.assert_close(got_x, lows[0])

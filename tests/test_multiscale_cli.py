@@ -110,6 +110,14 @@ def test_denoise_sample_super_resolve_and_nll_commands(project, capsys):
     assert run("sample", "--config", cfg, "--models", *denoisers, "--rf", 3, "--out", out / "s.png") == 0
     assert np.load(out / "s.npy").shape == (2, 2, 1, 16, 16)  # rows: multi-scale, flat
     assert Image.open(out / "s.png").size[0] > 2 * 16
+    with open(out / "s.sampler.csv") as f:  # the sampler's trace: per model, sample and stage
+        trace = list(csv.DictReader(f))
+    stages = {(r["model"], r["stage"]) for r in trace}
+    assert stages == {("multiscale-rf3", s) for s in ("lowpass", "scale1", "scale0")} | {("flat-rf3", "flat")}
+    assert len(trace) == 4 * 2  # 2 samples each
+    for r in trace:  # converged means the stop rule held (40 dB at sigma_L = 0.01); else it says why
+        assert 1 <= int(r["iterations"]) <= 3
+        assert (r["status"] == "converged") == (float(r["final_snr_db"]) >= 40), r
 
     assert run("super-resolve", "--config", cfg, "--models", *denoisers, "--rf", 3, "--out", out / "sr.png",
                "--table", out / "sr.csv") == 0  # fmt: skip
@@ -122,6 +130,11 @@ def test_denoise_sample_super_resolve_and_nll_commands(project, capsys):
     with open(out / "sr.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["model"] == "multiscale-rf3" and float(row["psnr_lowpass_only"]) > 0
+    with open(out / "sr.sampler.csv") as f:
+        trace = list(csv.DictReader(f))
+    assert len(trace) == 2 * 2 * 2 and {r["stage"] for r in trace} == {"scale0", "scale1"}  # images x draws
+    not_converged = sum(r["status"] != "converged" for r in trace)
+    assert int(row["n_capped"]) + int(row["n_diverged"]) == not_converged
 
     assert run("multiscale-nll", "--config", cfg, "--models", *energies, "--table", out / "nll.csv") == 0
     with open(out / "nll.csv") as f:
@@ -208,3 +221,38 @@ def test_circular_padding_makes_the_cnns_periodic():
         shifted = energy.energy(shift(d), t)
     with energy.bind(x):
         torch.testing.assert_close(shifted, energy.energy(d, t))
+
+
+def test_epoch_schedule_is_the_releases_per_scale():
+    # training.py: num_epochs = 500 * 4^j, lr halved every 50 * 4^j epochs; the low-pass is trained
+    # on the coefficients of scale J - 1, the flat network on images (j = 0)
+    from image_density.config import load_config
+    from image_density.multiscale_train import epoch_train_spec, plan_scale
+
+    cfg = load_config("params/paper.yaml")
+    n_train, batch = 162_770, cfg.multiscale.train.batch  # CelebA's train partition
+    per_epoch = -(-n_train // batch)  # 318
+    for scale, rf, j in [("flat", 5, 0), (0, 5, 0), (1, 9, 1), ("lowpass", None, 1)]:
+        plan = plan_scale(cfg, "celeba160", "denoiser", scale, rf)
+        spec = epoch_train_spec(cfg, plan, n_train)
+        assert (spec.steps, spec.lr_halve_every) == (500 * 4**j * per_epoch, 50 * 4**j * per_epoch)
+        assert spec.batch == batch and spec.lr == cfg.multiscale.train.lr
+    plan = plan_scale(cfg, "celeba320", "denoiser", "lowpass", None)
+    assert epoch_train_spec(cfg, plan, 1000).steps == 500 * 4**2 * 2
+    # without a schedule (the demo), train.steps as given
+    demo = load_config("params/demo.yaml")
+    plan = plan_scale(demo, "faces", "denoiser", 1, 9)
+    assert epoch_train_spec(demo, plan, 80) == demo.multiscale.train
+
+
+def test_a_band_of_zero_variance_is_refused_before_sampling():
+    from image_density.studies.multiscale import ScaleModels, check_bands
+
+    models = ScaleModels("denoiser", "flatland", 2, "haar", "orthonormal", (1, 8, 8))
+    models.infos = {
+        "denoiser-lowpass": {"meta": {"sigma_max": 2.0}},
+        "denoiser-0-rf3": {"meta": {"sigma_max": 0.0}},  # its band was 0 on every training image
+    }
+    check_bands(models, ["denoiser-lowpass"])
+    with pytest.raises(ValueError, match="flatland: denoiser-0-rf3 trained on a band of zero variance"):
+        check_bands(models, ["denoiser-lowpass", "denoiser-0-rf3"])

@@ -301,7 +301,9 @@ def _add_sample(sub) -> None:
         "sample",
         help="synthesize images from scratch with the multi-scale (and flat) denoisers of one RF",
         description="multiscale.sampler.n_samples images per model -> OUT.png (row 1: multi-scale, "
-        "row 2: flat of the same RF, when given) and OUT.npy (rows, n, C, H, W) in [0, 1].",
+        "row 2: flat of the same RF, when given), OUT.npy (rows, n, C, H, W) in [0, 1], and "
+        "OUT.sampler.csv: iterations, final SNR and stop status (converged, diverged, capped) per "
+        "sample and stage.",
     )
     _add_multiscale_models(p)
     p.add_argument("--rf", type=int, required=True)
@@ -314,10 +316,23 @@ def _add_sample(sub) -> None:
 def _sample(args) -> None:
     from image_density.studies.multiscale import run_sample, write_png_grid
 
-    grid, labels = run_sample(load_config(args.config), args.models, args.rf)
+    grid, labels, trace = run_sample(load_config(args.config), args.models, args.rf)
     _save_array(args.out.with_suffix(".npy"), grid)
     write_png_grid(grid, args.out)
-    print(f"sample: rows {labels} -> {args.out}")
+    _write_table(args.out.with_suffix(".sampler.csv"), trace)
+    print(f"sample: rows {labels} -> {args.out}; {_trace_summary(trace)}")
+
+
+def _trace_summary(trace) -> str:
+    """Per model and stage: median iterations and final SNR, and every sample that did not converge."""
+    parts = []
+    for (model, stage), g in trace.groupby(["model", "stage"], sort=False):
+        bad = {s: int((g["status"] == s).sum()) for s in ("diverged", "capped")}
+        flags = "".join(f", {n} {s}" for s, n in bad.items() if n)
+        parts.append(
+            f"{model} {stage}: {g['iterations'].median():.0f} it, {g['final_snr_db'].median():.1f} dB{flags}"
+        )
+    return "; ".join(parts)
 
 
 def _add_super_resolve(sub) -> None:
@@ -326,7 +341,8 @@ def _add_super_resolve(sub) -> None:
         help="sample the details of test images given their low-pass, with the model of one RF",
         description="The first multiscale.superres_images test images, multiscale.sampler.n_samples "
         "samples each -> OUT.png (per image a row: original, low-pass only, samples, their mean), "
-        "OUT.npy of the same, and a one-row table of PSNRs (samples, their mean, low-pass only).",
+        "OUT.npy of the same, a one-row table of PSNRs (samples, their mean, low-pass only), and "
+        "OUT.sampler.csv: the sampler's iterations, final SNR and stop status per sample and scale.",
     )
     _add_multiscale_models(p)
     p.add_argument("--rf", type=int, required=True)
@@ -343,10 +359,12 @@ def _add_super_resolve(sub) -> None:
 def _super_resolve(args) -> None:
     from image_density.studies.multiscale import run_super_resolve, write_png_grid
 
-    grid, table = run_super_resolve(load_config(args.config), args.models, args.rf, args.data)
+    grid, table, trace = run_super_resolve(load_config(args.config), args.models, args.rf, args.data)
     _save_array(args.out.with_suffix(".npy"), grid)
     write_png_grid(grid, args.out)
     _write_table(args.table, table)
+    _write_table(args.out.with_suffix(".sampler.csv"), trace)
+    print(f"super-resolve: {_trace_summary(trace)}")
     print(
         f"super-resolve: psnr of samples {table['psnr_samples'].iloc[0]:.2f} dB, of their mean "
         f"{table['psnr_mean'].iloc[0]:.2f} dB -> {args.out}, {args.table}"

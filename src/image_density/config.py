@@ -174,11 +174,22 @@ class ImageNet64Data(_UserPath):
 
 
 class CelebAData(_UserPath):
-    """img_align_celeba/*.jpg + list_eval_partition.txt (partition 0 = train, 2 = test); grayscale,
-    centred 178 x 178 crop, bicubic resize to `size`."""
+    """img_align_celeba/*.jpg + list_eval_partition.txt (partition 0 = train, 2 = test), as the LPM
+    release: crop [29:-29, 9:-9] (native 160 x 160), grey = mean of RGB / 255 as float32."""
 
     kind: Literal["celeba"]
-    size: Literal[160, 320] = 160
+    size: PositiveInt = 160
+
+    @field_validator("size")
+    @classmethod
+    def _native(cls, v):
+        if v != 160:
+            raise ValueError(
+                f"CelebA's aligned faces give 160 x 160 at native resolution; {v} would resample them "
+                "(320: an x2 upsampling with an empty finest band). Paper 2's 320 x 320 set came from a "
+                "separate 512 x 512 source scaled by 0.625: give it as kind image_folder, size 320"
+            )
+        return v
 
 
 class ImageFolderData(_UserPath):
@@ -331,16 +342,38 @@ class CNNSpec(Strict):
 
 
 class SamplerSpec(Strict):
-    """Stochastic coarse-to-fine ascent (Kadkhodaie & Simoncelli 2021)."""
+    """Stochastic coarse-to-fine ascent (Kadkhodaie & Simoncelli 2021) as the LPM release runs it
+    (sampling.py). Every band starts from zero-mean noise of std sigma_0 and the divergence guard and
+    low-pass range are in the release's (averaging) units, converted to the transform's once
+    (wavelets.release_scale); the stop rule is relative, so it needs no conversion."""
 
     h0: PositiveFloat = 0.01
     beta_lowpass: Annotated[float, Field(gt=0, le=1)] = 0.01
     beta_details: Annotated[float, Field(gt=0, le=1)] = 0.1
-    mean: float = 0.5  # start of the low-pass: N(low-pass of this constant image, sigma_0^2)
-    sigma_0: PositiveFloat = 1.0
-    sigma_L: PositiveFloat = 0.01
-    max_iter: PositiveInt = 1000
+    # False: h_t = h0 t / (1 + h0 (t - 1)) grows to 1; True: h_t = h0 (the release's low-pass demo)
+    fixed_h_lowpass: bool = False
+    fixed_h_details: bool = False
+    sigma_0: PositiveFloat = 1.0  # start: y_0 ~ N(0, sigma_0^2) in every band
+    # stop when sigma_t <= sigma_L std(y_t): an SNR of -20 log10(sigma_L) dB (40 dB at 0.01)
+    sigma_L: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    sigma_max: PositiveFloat = 1.5  # stop as diverged when sigma_t exceeds it (the release's guard)
+    # rescale_lowpass: the sampled low-pass mapped onto [0, lowpass_range] (per image, min to max)
+    # before the details are drawn, as the release (0.8); false keeps it as sampled
+    rescale_lowpass: bool = False
+    lowpass_range: PositiveFloat = 0.8
+    max_iter: PositiveInt = 1000  # a sample still running then is reported "capped"
     n_samples: PositiveInt = 8
+
+    @model_validator(mode="after")
+    def _can_converge(self):
+        if self.sigma_L >= self.sigma_0:
+            raise ValueError(f"sigma_L ({self.sigma_L}) must be smaller than sigma_0 ({self.sigma_0})")
+        if self.sigma_0 >= self.sigma_max:
+            raise ValueError(
+                f"sigma_0 ({self.sigma_0}) must be smaller than sigma_max ({self.sigma_max}): the "
+                "first step would stop as diverged"
+            )
+        return self
 
 
 class MultiscaleEnergySpec(Strict):
@@ -366,6 +399,19 @@ class MultiscaleEnergySpec(Strict):
 Levels = Annotated[int, Field(ge=1, le=16)]
 
 
+class EpochSchedule(Strict):
+    """The LPM release's schedule (training.py), replacing train.steps and train.lr_halve_every of
+    paper 2's denoisers: `epochs` 4^j passes over the training images at scale j, lr halved every
+    `lr_halve_every` 4^j epochs (a band at scale j has 4^-j the coefficients of one at scale 0). Its j:
+    0 for the flat networks, J - 1 for the low-pass (it trains on the coefficients of scale J - 1).
+    Steps = epochs x ceil(n_train / train.batch); our batches are drawn at random, so an "epoch" is
+    n_train images seen, not a permutation."""
+
+    epochs: PositiveInt = 500
+    lr_halve_every: PositiveInt = 50
+    growth: PositiveInt = 4  # the factor per scale
+
+
 class MultiscaleSpec(Strict):
     """Paper 2: wavelet levels J per dataset, conditional CNNs per RF, flat baselines; optionally the
     normalized conditional energies of `energy`."""
@@ -379,6 +425,12 @@ class MultiscaleSpec(Strict):
     rf: list[PositiveInt] = [5, 9, 13, 23, 43]
     cnn: CNNSpec = CNNSpec()
     train: TrainSpec
+    # None: every denoiser trains train.steps steps; an EpochSchedule: the release's epochs per scale
+    epochs: EpochSchedule | None = None
+    # The release trains the low-pass and flat denoisers on clean x u, u ~ U(0, 1) per image, so that
+    # they denoise at every intensity (synthesis starts from zero-mean noise and finds its own
+    # brightness). False keeps the data's intensities only (fewer steps to a given PSNR on it).
+    intensity_scaling: bool = False
     # training noise std sigma = sigma_max (k / noise_grid)^2, k uniform in {0..noise_grid}, sigma_max
     # the largest |value| of what is noised (1 for images in [0, 1]); see losses.sample_quadratic_sigma
     noise_grid: PositiveInt = 255

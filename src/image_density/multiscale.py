@@ -94,13 +94,18 @@ def denoiser_objective(
     grid: int = 255,
     wavelet: str = "haar",
     normalization: Normalization = "orthonormal",
+    intensity_scaling: bool = False,
 ):
     """A `train.Objective` for one network of paper 2, from full images x (B, C, H, W):
     levels 0: a flat denoiser of x; j None: the global low-pass denoiser of x_J; else cCNN_j.
-    The loop's t is not used: paper 2 draws sigma (losses.sample_quadratic_sigma) from the generator."""
+    The loop's t is not used: paper 2 draws sigma (losses.sample_quadratic_sigma) from the generator.
+    intensity_scaling: the flat and low-pass networks see x u, u ~ U(0, 1) per image (the release)."""
 
     def objective(model, x, t, generator):
         sigma = sample_quadratic_sigma(x.shape[0], sigma_max, grid, generator)
+        if intensity_scaling and (levels == 0 or j is None):
+            u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+            x = x * u.reshape(-1, *[1] * (x.dim() - 1))
         if levels == 0:
             return noise_prediction_loss(model, x, sigma, generator)
         lows, details = pyramid(x, levels, wavelet, normalization)

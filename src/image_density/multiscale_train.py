@@ -15,7 +15,7 @@ spec or meta, so `checkpoint.load_model` rebuilds it and a resumed run checks it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -92,6 +92,22 @@ def plan_scale(cfg: Config, dataset: str, family: str, scale: Scale, rf: int | N
     return ScalePlan(dataset, family, scale, rf, levels, train_spec)
 
 
+def epoch_train_spec(cfg: Config, plan: ScalePlan, n_train: int) -> TrainSpec:
+    """The plan's TrainSpec under multiscale.epochs (config.EpochSchedule), for n_train images; the
+    plan's own when there is no schedule or the network is an energy."""
+    e = cfg.multiscale.epochs
+    if e is None or plan.family != "denoiser":
+        return plan.train
+    j = {"flat": 0, "lowpass": plan.levels - 1}.get(plan.scale, plan.scale)
+    per_epoch = -(-n_train // plan.train.batch)
+    return plan.train.model_copy(
+        update={
+            "steps": e.epochs * e.growth**j * per_epoch,
+            "lr_halve_every": e.lr_halve_every * e.growth**j * per_epoch,
+        }
+    )
+
+
 def _stats(cfg: Config, plan: ScalePlan, data: Prepared) -> dict[str, float]:
     """What the network needs from its data, measured on the first STATS_IMAGES training images."""
     m = cfg.multiscale
@@ -99,7 +115,13 @@ def _stats(cfg: Config, plan: ScalePlan, data: Prepared) -> dict[str, float]:
     j = None if plan.scale == "lowpass" else plan.scale
     if plan.family == "denoiser":
         levels = 0 if plan.scale == "flat" else plan.levels
-        return {"sigma_max": band_max(x, levels, j, m.wavelet, m.normalization)}
+        sigma_max = band_max(x, levels, j, m.wavelet, m.normalization)
+        if sigma_max <= 0:
+            raise ConfigError(
+                f"{plan.dataset}: the band of {plan.name} is 0 on the first {len(x)} training images (zero "
+                "variance): no noise range to train on; use fewer multiscale.levels or other data"
+            )
+        return {"sigma_max": sigma_max}
     lows, details = pyramid(x.double(), plan.levels, m.wavelet, m.normalization)
     # second moments about 0: the preconditioning of models/local_energy.py
     if j is None:
@@ -152,13 +174,14 @@ def train_scale_from_config(
     plan = plan_scale(cfg, dataset, family, scale, rf)
     m = cfg.multiscale
     data = load_prepared(data_dir)
+    plan = replace(plan, train=epoch_train_spec(cfg, plan, len(data.train)))
     stats = _stats(cfg, plan, data)
     model_spec = scale_model_spec(cfg, plan, data.shape[0], stats)
     j = None if plan.scale in ("lowpass", "flat") else plan.scale
     levels = 0 if plan.scale == "flat" else plan.levels
     if family == "denoiser":
         objective = denoiser_objective(
-            levels, j, stats["sigma_max"], m.noise_grid, m.wavelet, m.normalization
+            levels, j, stats["sigma_max"], m.noise_grid, m.wavelet, m.normalization, m.intensity_scaling
         )
     else:
         objective = energy_objective(levels, j, m.wavelet, m.normalization)

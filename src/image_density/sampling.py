@@ -1,10 +1,15 @@
-"""Stochastic coarse-to-fine ascent (Kadkhodaie & Simoncelli 2021) and paper 2's multi-scale sampling.
+"""Stochastic coarse-to-fine ascent (Kadkhodaie & Simoncelli 2021) and paper 2's multi-scale sampling,
+as the LPM release runs it (METHOD.md, "Sampling").
 
-Per scale, with a blind denoiser D (METHOD.md, "Sampling"):
-    f(y) = y - D(y),   sigma_t = ||f(y_t)|| / sqrt(N),   h_t = h0 t / (1 + h0 (t - 1)),
+Per band, with a blind denoiser D:
+    f(y) = y - D(y),   sigma_t = ||f(y_t)|| / sqrt(N),   h_t = h0 t / (1 + h0 (t - 1))  (or h0),
     gamma_t = sigma_t sqrt((1 - beta h_t)^2 - (1 - h_t)^2),   y_{t+1} = y_t - h_t f(y_t) + gamma_t z,
-from y_0 = mean + sigma_0 z, until sigma_t <= sigma_L (or max_iter); the output is y - f(y) = D(y).
-Each step shrinks the effective noise std by (1 - beta h_t): beta = 1 is deterministic ascent.
+from zero-mean y_0 ~ N(0, sigma_0^2), until sigma_t <= sigma_L std(y_{t+1}) (relative: an SNR of
+-20 log10 sigma_L dB), or sigma_t > sigma_max (diverged), or max_iter (capped); the output is
+y - f(y) = D(y). Each step shrinks the effective noise std by (1 - beta h_t): beta = 1 is deterministic.
+sigma_0, sigma_max and the low-pass range are the release's values in its averaging normalization;
+`wavelets.release_scale` converts them to the band's units, here and nowhere else.
+Every stage of every sample leaves a `Trace`: iterations, final sigma and SNR, and how it stopped.
 
 The sampler only calls D(y): the blind networks of paper 2 infer the noise level from y. A non-blind
 denoiser D(y, t) (the exact Wiener filter, an energy model) becomes blind with `blind_denoise`, which
@@ -18,12 +23,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from image_density.config import SamplerSpec
 from image_density.multiscale import ConditionalDenoiser, Denoiser
-from image_density.wavelets import Normalization, decompose, idwt
+from image_density.wavelets import Normalization, idwt, release_scale
 
 
 def ml_noise_level(
@@ -57,8 +63,45 @@ def blind_denoise(
     return denoise(y, ml_noise_level(y, dU_dt, t_min, t_max))
 
 
+STATUSES = ("converged", "diverged", "capped")
+
+
+@dataclass
+class Trace:
+    """How one stage (a band of every sample) ended; tensors (B,). status indexes STATUSES."""
+
+    stage: str  # "lowpass", "flat" or "scale<j>"
+    iterations: torch.Tensor  # ascent steps taken
+    sigma: torch.Tensor  # sigma_t of the last step, in the release's units
+    snr_db: torch.Tensor  # 20 log10(std(y) / sigma_t) at the stop
+    status: torch.Tensor
+
+    def rows(self) -> list[dict]:
+        """One dict per sample: sample, stage, iterations, final_sigma, final_snr_db, status."""
+        return [
+            {"sample": i, "stage": self.stage, "iterations": int(it), "final_sigma": float(sg),
+             "final_snr_db": float(snr), "status": STATUSES[int(st)]}
+            for i, (it, sg, snr, st) in enumerate(
+                zip(self.iterations.tolist(), self.sigma.tolist(), self.snr_db.tolist(),
+                    self.status.tolist(), strict=True))
+        ]  # fmt: skip
+
+
+def trace_rows(traces: Sequence[Trace]) -> list[dict]:
+    """Every stage's rows, coarse to fine as sampled."""
+    return [row for trace in traces for row in trace.rows()]
+
+
 def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _std(y: torch.Tensor) -> torch.Tensor:
+    return y.flatten(1).std(dim=1)  # (B,), as the release's y.std() of one image
 
 
 def ascent(
@@ -66,35 +109,54 @@ def ascent(
     y: torch.Tensor,
     beta: float,
     spec: SamplerSpec,
+    *,
+    fixed_h: bool = False,
+    scale: float = 1.0,
+    stage: str = "flat",
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, Trace]:
     """Run the ascent from y (B, ...) with one denoiser for the batch; each sample stops on its own.
+    scale = wavelets.release_scale of the band (spec.sigma_max is in the release's units).
     Networks: call in eval mode under torch.no_grad() (energy models enable the grad they need).
 
-    Returns (x (B, ...) = D(y) at each sample's last step, iterations (B,) long)."""
+    Returns (x (B, ...) = y - f(y) after each sample's last step, its Trace)."""
     b = y.shape[0]
     n = y[0].numel()
     active = torch.ones(b, dtype=torch.bool, device=y.device)
     iterations = torch.zeros(b, dtype=torch.long, device=y.device)
-    x = torch.empty_like(y)
-    for it in range(1, spec.max_iter + 1):
-        x_hat = denoiser(y)
-        f = y - x_hat
-        sigma = f.flatten(1).norm(dim=1) / math.sqrt(n)  # (B,)
-        x = torch.where(_bcast(active, y), x_hat, x)
-        iterations += active.long()
-        active = active & (sigma > spec.sigma_L)
-        if not active.any():
-            break
-        h = spec.h0 * it / (1 + spec.h0 * (it - 1))
-        gamma = sigma * math.sqrt((1 - beta * h) ** 2 - (1 - h) ** 2)
+    sigma = torch.full((b,), spec.sigma_0 * scale, dtype=y.dtype, device=y.device)
+    status = torch.full((b,), STATUSES.index("capped"), dtype=torch.long, device=y.device)
+    for t in range(1, spec.max_iter + 1):
+        f = y - denoiser(y)
+        sigma_t = f.flatten(1).norm(dim=1) / math.sqrt(n)  # (B,)
+        h = spec.h0 if fixed_h else spec.h0 * t / (1 + spec.h0 * (t - 1))
+        gamma = sigma_t * math.sqrt((1 - beta * h) ** 2 - (1 - h) ** 2)
         step = -h * f + _bcast(gamma, y) * _randn(y.shape, generator, y)
         y = torch.where(_bcast(active, y), y + step, y)
-    return x, iterations
+        sigma = torch.where(active, sigma_t, sigma)
+        iterations += active.long()
+        converged = active & (sigma <= spec.sigma_L * _std(y))
+        diverged = active & ~converged & (sigma > spec.sigma_max * scale)
+        status[converged] = STATUSES.index("converged")
+        status[diverged] = STATUSES.index("diverged")
+        active = active & ~converged & ~diverged
+        if not active.any():
+            break
+    x = denoiser(y)
+    snr_db = 20 * torch.log10(_std(y) / sigma)
+    return x, Trace(stage, iterations.cpu(), (sigma / scale).cpu(), snr_db.cpu(), status.cpu())
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
+def start(shape, spec: SamplerSpec, scale: float, generator: torch.Generator | None, like: torch.Tensor):
+    """y_0 ~ N(0, (sigma_0 scale)^2) of `shape`: the release's zero-mean start in the band's units."""
+    return spec.sigma_0 * scale * _randn(shape, generator, like)
+
+
+def rescale_range(x: torch.Tensor, top: float) -> torch.Tensor:
+    """Each image of x (B, ...) mapped affinely onto [0, top] (the release's rescale_image_range)."""
+    lo = x.flatten(1).min(dim=1).values
+    hi = x.flatten(1).max(dim=1).values
+    return (x - _bcast(lo, x)) * _bcast(top / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny), x)
 
 
 def super_resolve(
@@ -104,22 +166,30 @@ def super_resolve(
     generator: torch.Generator | None = None,
     wavelet: str = "haar",
     normalization: Normalization = "orthonormal",
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Sample details[j] | x_{j+1} for j = J-1 ... 0 (start: N(0, sigma_0^2)), inverting one level each.
+) -> tuple[torch.Tensor, list[Trace]]:
+    """Sample details[j] | x_{j+1} for j = J-1 ... 0, inverting one level each.
 
     x_J (B, C, h, w) is kept: decomposing the output gives it back up to rounding. Returns the image
-    (B, C, 2^J h, 2^J w) and the iterations per scale, [(B,) for j = 0 ... J-1]."""
+    (B, C, 2^J h, 2^J w) and the traces of scales J-1 ... 0."""
     x = x_J
-    iterations = [torch.empty(0)] * len(conditional_denoisers)
+    traces = []
     for j in reversed(range(len(conditional_denoisers))):
         b, c, h, w = x.shape
-        d0 = spec.sigma_0 * _randn((b, 3 * c, h, w), generator, x)
-        x_j = x
-        d, iterations[j] = ascent(
-            lambda d, x_j=x_j, j=j: conditional_denoisers[j](d, x_j), d0, spec.beta_details, spec, generator
+        scale = release_scale(j + 1, normalization)
+        d0 = start((b, 3 * c, h, w), spec, scale, generator, x)
+        d, trace = ascent(
+            lambda d, x_j=x, j=j: conditional_denoisers[j](d, x_j),
+            d0,
+            spec.beta_details,
+            spec,
+            fixed_h=spec.fixed_h_details,
+            scale=scale,
+            stage=f"scale{j}",
+            generator=generator,
         )
-        x = idwt(x_j, d, wavelet, normalization)
-    return x, iterations
+        traces.append(trace)
+        x = idwt(x, d, wavelet, normalization)
+    return x, traces
 
 
 def synthesize(
@@ -132,16 +202,29 @@ def synthesize(
     normalization: Normalization = "orthonormal",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Sample from scratch: the low-pass x_J from N(m_J, sigma_0^2) with the global denoiser, then
-    `super_resolve`. shape = (B, C, H, W) of the final images; m_J is the low-pass of a constant image
-    at spec.mean (so the start is right for any normalization). Returns images and iterations per
-    stage, [(B,) for j = 0 ... J-1, then the low-pass]. With no conditional denoisers this is the flat
-    (single-scale) sampler."""
+) -> tuple[torch.Tensor, list[Trace]]:
+    """Sample from scratch: the low-pass x_J with the global denoiser (rescaled to [0, lowpass_range]
+    with spec.rescale_lowpass), then `super_resolve`. shape = (B, C, H, W) of the final images.
+    Returns images and the traces, low-pass first. With no conditional denoisers this is the flat
+    (single-scale) sampler, whose stage is "flat" and never rescaled (as the release)."""
     levels = len(conditional_denoisers)
-    constant = torch.full((1, *shape[1:]), spec.mean, dtype=dtype, device=device)
-    m_J = decompose(constant, levels, wavelet, normalization)[0] if levels else constant
-    y0 = m_J + spec.sigma_0 * _randn((shape[0], *m_J.shape[1:]), generator, m_J)
-    x_J, low_iterations = ascent(lowpass_denoiser, y0, spec.beta_lowpass, spec, generator)
-    x, iterations = super_resolve(x_J, conditional_denoisers, spec, generator, wavelet, normalization)
-    return x, [*iterations, low_iterations]
+    b, c, hh, ww = shape
+    scale = release_scale(levels, normalization)
+    like = torch.empty(0, dtype=dtype, device=device)
+    y0 = start((b, c, hh >> levels, ww >> levels), spec, scale, generator, like)
+    x_J, low = ascent(
+        lowpass_denoiser,
+        y0,
+        spec.beta_lowpass,
+        spec,
+        fixed_h=spec.fixed_h_lowpass,
+        scale=scale,
+        stage="lowpass" if levels else "flat",
+        generator=generator,
+    )
+    if not levels:
+        return x_J, [low]
+    if spec.rescale_lowpass:
+        x_J = rescale_range(x_J, spec.lowpass_range * scale)
+    x, traces = super_resolve(x_J, conditional_denoisers, spec, generator, wavelet, normalization)
+    return x, [low, *traces]

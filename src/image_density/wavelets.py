@@ -151,6 +151,14 @@ def reconstruct(
     return x
 
 
+def release_scale(level: int, normalization: Normalization) -> float:
+    """Coefficients of `level` (0: pixels; details[j] and lows[j] are level j + 1) in `normalization`
+    are this many times the LPM release's ("average"): 2^level for "orthonormal", 1 for "average".
+    The one conversion of a value the release states in its units (a sampler's sigma_0, its
+    divergence guard, its low-pass range) into ours."""
+    return (_scale(normalization) / _scale("average")) ** level
+
+
 def log_det_jacobian(shape: tuple[int, int, int], levels: int, normalization: Normalization) -> float:
     """log |det d(x_J, d_0..d_{J-1}) / dx| for one image of shape (C, H, W), in nats.
 

@@ -152,7 +152,7 @@ def ms_sections(family):
     """The fields of multiscale: a network of `family` depends on (dotted, below multiscale:), besides
     its dataset's J: one list for the rerun trigger, the checkpoint key and the MLflow params.
     """
-    own = ["train", "noise_grid"]
+    own = ["train", "epochs", "intensity_scaling", "noise_grid"]
     if family == "energy":
         own = [
             f"energy.{k}"

@@ -97,6 +97,7 @@ rule multiscale_sample:
             subcategory="synthesis",
         ),
         npy=f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.npy",
+        trace=f"{R}/multiscale/{{dataset}}/samples-rf{{rf}}.sampler.csv",
     log:
         f"{R}/logs/multiscale_sample/{{dataset}}/rf{{rf}}.log",
     wildcard_constraints:
@@ -123,6 +124,7 @@ rule multiscale_super_resolve:
             subcategory="super-resolution",
         ),
         npy=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.npy",
+        trace=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.sampler.csv",
         table=f"{R}/multiscale/{{dataset}}/superres-rf{{rf}}.csv",
     log:
         f"{R}/logs/multiscale_super_resolve/{{dataset}}/rf{{rf}}.log",

@@ -29,8 +29,8 @@ def centre_square(img: Image.Image) -> Image.Image:
     return img.crop((left, top, left + s, top + s))
 
 
-def load_image(path: Path, size: int, grayscale: bool) -> np.ndarray:
-    """An image file -> uint8 (C, size, size): centre square crop, bicubic resize (antialiased)."""
+def open_image(path: Path) -> Image.Image:
+    """Decode an image file fully; one clear error for anything that is not an 8-bit grey or colour image."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -38,6 +38,12 @@ def load_image(path: Path, size: int, grayscale: bool) -> np.ndarray:
         raise ValueError(f"cannot decode image {path}: {err}") from None
     if img.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"):
         raise ValueError(f"image {path}: pixel mode {img.mode!r} is not 8-bit grey or colour")
+    return img
+
+
+def load_image(path: Path, size: int, grayscale: bool) -> np.ndarray:
+    """An image file -> uint8 (C, size, size): centre square crop, bicubic resize (antialiased)."""
+    img = open_image(path)
     if grayscale and img.mode != "L":
         img = Image.fromarray(luma_uint8(np.asarray(img.convert("RGB"))))
     elif not grayscale:

@@ -7,6 +7,7 @@ model files written by `train-scale` and images in, tidy tables and image arrays
 - `sample_grid`: synthesis from scratch, the multi-scale model's row above the flat model's;
 - `super_resolution`: samples of the details given the low-pass of test images, PSNR of the samples
   and of their mean;
+  both also return the sampler's trace (iterations, final SNR and stop status per sample and stage);
 - `multiscale_nll`: log p(x) = log p(x_J) + sum_j log p(d_j | x_j) of the normalized energies per RF;
 - `write_png_grid`: an image grid as PNG from a numpy array (PIL only).
 Every model sees the same noise (one generator, drawn once per batch and noise level).
@@ -36,7 +37,7 @@ from image_density.multiscale import (
     normalized_lowpass,
 )
 from image_density.multiscale_train import net_name
-from image_density.sampling import super_resolve, synthesize
+from image_density.sampling import super_resolve, synthesize, trace_rows
 from image_density.studies.nll import exact_bits_per_dim
 from image_density.wavelets import decompose, reconstruct
 
@@ -221,44 +222,71 @@ def denoising_table(
     return pd.concat([ours, paper_rows()], ignore_index=True)
 
 
+def check_bands(models: ScaleModels, names: Sequence[str]) -> None:
+    """Refuse, before sampling, a network trained on a band of zero variance (its sigma_max, the
+    largest |value| of the band, is 0): it has no noise range and the ascent would stop at once."""
+    empty = [n for n in names if models.infos[n]["meta"].get("sigma_max", 1.0) <= 0]
+    if empty:
+        raise ValueError(
+            f"{models.dataset}: {', '.join(empty)} trained on a band of zero variance (meta sigma_max = 0); "
+            "nothing to sample there: fewer multiscale.levels, or data with content at that scale"
+        )
+
+
+def _trace_table(models: ScaleModels, model: str, rf: int, traces) -> pd.DataFrame:
+    rows = [{"dataset": models.dataset, "model": model, "rf": rf, **r} for r in trace_rows(traces)]
+    return pd.DataFrame(rows)
+
+
 @torch.no_grad()
 def sample_grid(
     models: ScaleModels, rf: int, spec: SamplerSpec, generator: torch.Generator | None = None
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[str], pd.DataFrame]:
     """spec.n_samples images synthesized from scratch by the multi-scale model of receptive field rf
-    and, when given, by the flat model of the same rf: ((rows, n, C, H, W) float32, row labels)."""
+    and, when given, by the flat model of the same rf: ((rows, n, C, H, W) float32, row labels, the
+    sampler's trace: one row per model x sample x stage, sampling.Trace.rows)."""
     device = models.device
     shape = (spec.n_samples, *models.shape)
-    rows, labels = [], []
     kw = dict(wavelet=models.wavelet, normalization=models.normalization, device=device)
+    todo = []
     if rf in models.multiscale_rfs():
+        names = [net_name(models.family, "lowpass", None)]
+        names += [net_name(models.family, j, rf) for j in range(models.levels)]
         conds = [c.denoise for c in models.conditionals_of(rf)]
-        rows.append(synthesize(models.lowpass.denoise, conds, shape, spec, generator, **kw)[0])
-        labels.append(f"multiscale-rf{rf}")
+        todo.append((f"multiscale-rf{rf}", names, models.lowpass.denoise, conds))
     if rf in models.flat:
-        rows.append(synthesize(models.flat[rf].denoise, [], shape, spec, generator, **kw)[0])
-        labels.append(f"flat-rf{rf}")
-    if not rows:
+        todo.append((f"flat-rf{rf}", [net_name(models.family, "flat", rf)], models.flat[rf].denoise, []))
+    if not todo:
         raise ValueError(f"{models.dataset}: no multi-scale or flat denoiser of rf {rf} among the models")
-    return torch.stack(rows).float().cpu().numpy(), labels
+    check_bands(models, [n for _, names, _, _ in todo for n in names])
+    rows, labels, tables = [], [], []
+    for label, _, low, conds in todo:
+        x, traces = synthesize(low, conds, shape, spec, generator, **kw)
+        rows.append(x)
+        labels.append(label)
+        tables.append(_trace_table(models, label, rf, traces))
+    return torch.stack(rows).float().cpu().numpy(), labels, pd.concat(tables, ignore_index=True)
 
 
 @torch.no_grad()
 def super_resolution(
     models: ScaleModels, rf: int, x: torch.Tensor, spec: SamplerSpec, generator: torch.Generator | None = None
-) -> tuple[np.ndarray, pd.DataFrame]:
+) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """spec.n_samples super-resolutions of each image of x (N, C, H, W) from its low-pass x_J.
 
     Returns the grid (N, S + 3, C, H, W): per image the original, the low-pass-only reconstruction,
-    the S samples and their mean; and one row: dataset, model, rf, n_images, n_samples, psnr_samples
-    (mean PSNR of a sample), psnr_mean (of the mean of the samples), psnr_lowpass_only, with SEMs."""
+    the S samples and their mean; one row: dataset, model, rf, n_images, n_samples, psnr_samples
+    (mean PSNR of a sample), psnr_mean (of the mean of the samples), psnr_lowpass_only, with SEMs,
+    and how many sample stages did not converge (n_diverged, n_capped); and the sampler's trace
+    (one row per sample x scale; sample = image index * S + draw)."""
     device = models.device
     conds = [c.denoise for c in models.conditionals_of(rf)]
+    check_bands(models, [net_name(models.family, j, rf) for j in range(models.levels)])
     lw = (models.levels, models.wavelet, models.normalization)
     x = x.to(device)
     n, s = len(x), spec.n_samples
     x_J = decompose(x, *lw)[0]
-    samples, _ = super_resolve(x_J.repeat_interleave(s, 0), conds, spec, generator, *lw[1:])
+    samples, traces = super_resolve(x_J.repeat_interleave(s, 0), conds, spec, generator, *lw[1:])
     samples = samples.reshape(n, s, *x.shape[1:])
     mean = samples.mean(1)
     low = lowpass_only(x_J, *lw)
@@ -267,8 +295,11 @@ def super_resolution(
     for name, values in (("psnr_samples", per_sample), ("psnr_mean", _psnr(mean, x)),
                          ("psnr_lowpass_only", _psnr(low, x))):  # fmt: skip
         row[name], row[f"{name}_sem"] = _summary(values)
+    trace = _trace_table(models, f"multiscale-rf{rf}", rf, traces)
+    for status in ("diverged", "capped"):
+        row[f"n_{status}"] = int((trace["status"] == status).sum())
     grid = torch.cat([x[:, None], low[:, None], samples, mean[:, None]], dim=1)
-    return grid.float().cpu().numpy(), pd.DataFrame([row])
+    return grid.float().cpu().numpy(), pd.DataFrame([row]), trace
 
 
 def _t_min_max(info: dict) -> tuple[float, float]:
@@ -429,7 +460,7 @@ def run_denoise(cfg: Config, paths: Sequence[Path], data_dir: Path | None = None
     return denoising_table(models, x, m.sigmas, gen, cfg.studies.batch)
 
 
-def run_sample(cfg: Config, paths: Sequence[Path], rf: int) -> tuple[np.ndarray, list[str]]:
+def run_sample(cfg: Config, paths: Sequence[Path], rf: int) -> tuple[np.ndarray, list[str], pd.DataFrame]:
     """The `sample` command: sample_grid with multiscale.sampler."""
     if cfg.multiscale is None:
         raise ConfigError("the multi-scale commands need a multiscale: section in the params")
@@ -439,7 +470,7 @@ def run_sample(cfg: Config, paths: Sequence[Path], rf: int) -> tuple[np.ndarray,
 
 def run_super_resolve(
     cfg: Config, paths: Sequence[Path], rf: int, data_dir: Path | None = None
-) -> tuple[np.ndarray, pd.DataFrame]:
+) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """The `super-resolve` command: super_resolution of the first multiscale.superres_images test images."""
     models, data = _load(cfg, paths, data_dir)
     m = cfg.multiscale
