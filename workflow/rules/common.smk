@@ -119,6 +119,14 @@ def launcher(wildcards, resources):
     return "image-density"
 
 
+def retry_attempt(wildcards, attempt):
+    """A training's `resources: attempt=`, handed to `--attempt`: Snakemake retries every failed job
+    (`retries:` of the SLURM profile), and the CLI turns a retry of a training that failed for good
+    (NaN, bad input) into an immediate failure (cli._refuse_retry). Not a request to the cluster.
+    """
+    return attempt
+
+
 # multiscale.smk: a network lives in <results>/models/multiscale/<dataset>/<family>/<net>/,
 # net = lowpass, <j>-rf<R> or flat-rf<R>
 MS = CFG.multiscale
