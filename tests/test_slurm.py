@@ -100,7 +100,7 @@ def test_profile_runs_data_and_training_through_sbatch(slurm_cluster, tmp_path):
         assert (tmp_path / "results/data" / dataset / "meta.json").is_file()
     assert (tmp_path / model).stat().st_size > 0
     # the job steps re-read the params without the profile: they must resolve the same ones
-    resolved = load_config(tmp_path / "results/config/params.resolved.yaml")
+    resolved = load_config(tmp_path / f"results/config/{TINY.stem}.resolved.yaml")
     assert resolved == cfg
 
     # every job went through sbatch: one SLURM job id per job, a kept SLURM log per job, and
