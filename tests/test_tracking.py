@@ -1,4 +1,4 @@
-"""MLflow tracking: files -> one run per job, replace-on-rerun, many jobs writing one sqlite store."""
+"""MLflow tracking: files -> one run per job, history kept on rerun, many jobs writing one sqlite store."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_importing_the_package_does_not_import_mlflow():
 # ------------------------------------------------------------------------------ against MLflow
 
 
-def test_run_round_trip_and_replace_on_rerun(tmp_path, uri):
+def test_run_round_trip_and_history_on_rerun(tmp_path, uri):
     from mlflow import MlflowClient
 
     curves = write_curves(tmp_path / "metrics.jsonl", 50)
@@ -146,10 +146,14 @@ def test_run_round_trip_and_replace_on_rerun(tmp_path, uri):
     write_curves(curves, 50, scale=2.0)  # the job was rerun and wrote new curves
     second = tracking.log_run("energy", "field16-energy", **kwargs)
     assert not second.reused and second.run_id != first.run_id
+    # history kept: both runs active, newest first, each with its own curves
     active = tracking.find_runs(c, first.experiment_id, "field16-energy")
-    assert [r.info.run_id for r in active] == [second.run_id]
-    assert c.get_run(first.run_id).info.lifecycle_stage == "deleted"
+    assert [r.info.run_id for r in active] == [second.run_id, first.run_id]
     assert c.get_metric_history(second.run_id, "loss")[0].value == 2.0
+    assert c.get_metric_history(first.run_id, "loss")[0].value == 1.0
+    # the experiment opens on runs and charts in MLflow 3's UI
+    tags = c.get_experiment(first.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_cli_track_default_store_in_cwd(tmp_path, monkeypatch):

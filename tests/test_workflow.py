@@ -210,7 +210,8 @@ def _assert_tracked(workdir, cfg):
     def runs(experiment):
         exp = c.get_experiment_by_name(experiment)
         assert exp is not None, experiment
-        return {r.info.run_name: r for r in c.search_runs([exp.experiment_id])}  # active runs only
+        newest_last = c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+        return {r.info.run_name: r for r in newest_last}  # the newest run of each name (history kept)
 
     names, gen, models = cfg.energy.datasets, cfg.generalization, workdir / "results" / "models"
     trained = {

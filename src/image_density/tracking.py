@@ -5,11 +5,12 @@ jobs all run in the repository root, so a bare `mlflow ui` there shows every run
 beside a sqlite store (`<db dir>/mlartifacts/<experiment>/<run id>/`, fixed when the experiment is made).
 
 Layout. One experiment per study ("energy", "multiscale", "nll", ...), one run per trained model or
-evaluation, found by its name. Rerunning a job replaces its run: a new run is filled and finished,
-then the older runs of that name are soft-deleted (`mlflow gc` purges them), so a failure half-way
-leaves the previous run in place. Metric histories cannot be edited in MLflow, so updating a run in
-place would mix two trainings' curves. Rerunning with identical inputs (tag `inputs_sha256`) is a
-no-op that returns the existing run.
+evaluation, found by its name. Rerunning a job adds a run of the same name and keeps the earlier
+ones (history to compare: a demo and a paper run, a run before and after a change; the UI lists the
+newest first). Metric histories cannot be edited in MLflow, so updating a run in place would mix two
+trainings' curves. Rerunning with identical inputs (tag `inputs_sha256`) is a no-op that returns the
+existing run. Experiments carry `mlflow.experimentKind=custom_model_development`, which MLflow 3's
+UI reads to open on the runs and their charts instead of its GenAI (traces) overview.
 
 Batches. Importing mlflow costs ~1-2 s a process and a run then ~25 ms, so the workflow logs each
 group of runs in one process (`log_runs`, `image-density track --runs JSON`, workflow/rules/tracking.smk)
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 DB_NAME = "mlflow.db"
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 DATA_META = "meta.json"  # data/store.py's META, not imported from there: that module imports torch
 _METRICS_PER_BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
 _PARAMS_PER_BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
@@ -293,9 +295,13 @@ def experiment_id(c, name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             _retry(c.restore_experiment, exp.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tag existed
+            if exp.tags.get(key) != value:
+                _retry(c.set_experiment_tag, exp.experiment_id, key, value)
         return exp.experiment_id
     try:
-        return _retry(c.create_experiment, name, artifact_location=_artifact_location(c.tracking_uri, name))
+        location = _artifact_location(c.tracking_uri, name)
+        return _retry(c.create_experiment, name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in f"{err.error_code} {err}":
             raise
@@ -346,8 +352,8 @@ def log_run(
     tags: Mapping[str, str] | None = None,
     uri: str | None = None,
 ) -> RunRecord:
-    """Log one trained model or evaluation as the run `run_name` of `experiment`, replacing older runs
-    of that name. `params` (nested allowed) are flattened; `curves` is a metrics.jsonl replayed with its
+    """Log one trained model or evaluation as a new run `run_name` of `experiment` (older runs of that
+    name stay). `params` (nested allowed) are flattened; `curves` is a metrics.jsonl replayed with its
     steps; `metrics` are final numbers; tables go under artifacts/tables, figures under
     artifacts/figures, the rest at the top. All files are read before MLflow is touched."""
     from mlflow.entities import Metric, Param, RunStatus
@@ -393,8 +399,6 @@ def log_run(
             _retry(c.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
         _retry(c.set_terminated, run_id, "FINISHED")
-        for run in old:
-            _retry(c.delete_run, run.info.run_id)
         return RunRecord(uri, experiment, exp_id, run_name, run_id, reused=False)
 
 
