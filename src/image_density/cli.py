@@ -168,6 +168,10 @@ def _add_train(sub) -> None:
 def _add_attempt(p) -> None:
     p.add_argument("--attempt", type=int, default=1,
                    help="Snakemake's attempt (1 + retries so far); see --help of train")  # fmt: skip
+    p.add_argument("--live-every", type=float, default=60, metavar="SECONDS",
+                   help="log the curves to MLflow (experiment 'training', run <model folder>) every "
+                   "SECONDS while training (default 60; a shorter training is left to the tracking "
+                   "job); 0: never")  # fmt: skip
 
 
 # The failure of the last attempt, in --ckpt-dir: Snakemake retries any failed job, but only an
@@ -192,11 +196,31 @@ def _refuse_retry(command: str, ckpt_dir: Path, attempt: int) -> None:
 
 
 def _record_failure(ckpt_dir: Path, attempt: int, code: int, err: Exception) -> None:
-    if os.environ.get("RANK", "0") != "0":
+    """Only for a training that started (its folder exists): bad arguments fail before any work, and
+    fail as fast on a retry."""
+    if os.environ.get("RANK", "0") != "0" or not ckpt_dir.is_dir():
         return
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     record = {"attempt": attempt, "exit": code, "error": f"{type(err).__name__}: {err}"}
     (ckpt_dir / FAILED_NAME).write_text(json.dumps(record) + "\n")
+
+
+def _live_run(args, ckpt_dir: Path):
+    """tracking.LiveRun on the training's live log (rank 0, with --live-every), else nothing."""
+    import contextlib
+
+    if args.live_every <= 0 or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    from image_density import tracking
+    from image_density.train import LIVE_METRICS
+
+    cfg = load_config(args.config)
+    out = args.out.resolve()
+    models = (cfg.results / "models").resolve()
+    name = "/".join(out.relative_to(models).parts) if out.is_relative_to(models) else str(args.out)
+    tree = cfg.model_dump(mode="json")
+    tags = {**tracking.git_tags(), "config_sha256": tracking.config_sha256(tree)}
+    return tracking.LiveRun(ckpt_dir / LIVE_METRICS, ckpt_dir / "mlflow_run.json", "training", name,
+                            params=tree, tags=tags, every_s=args.live_every)  # fmt: skip
 
 
 def _run_training(command: str, run, args) -> None:
@@ -207,7 +231,8 @@ def _run_training(command: str, run, args) -> None:
     ckpt_dir = args.ckpt_dir or args.out
     _refuse_retry(command, ckpt_dir, args.attempt)
     try:
-        res = run()
+        with _live_run(args, ckpt_dir):
+            res = run()
     except Interrupted as err:
         print(f"image-density {command}: {err}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
