@@ -33,6 +33,11 @@ include: "workflow/rules/studies.smk"
 include: "workflow/rules/tracking.smk"
 
 
+# the resolved params for the jobs, when a run starts (common.smk's PARAMS_FILE)
+onstart:
+    write_resolved(PARAMS_FILE, config)
+
+
 rule all:
     default_target: True
     input:

@@ -37,9 +37,10 @@ validate(config, "../schemas/params.schema.json", set_default=False)
 R = CFG.results
 # The resolved params, for the CLI: one file per params file (`--configfile`'s name, demo by
 # default), so that two scales sharing a results folder never overwrite each other's. Written when a
-# run starts (onstart: never by a dry run, a parse, or a SLURM job step, which runs without hooks),
-# atomically and only when they change, so a dry run of other params leaves running jobs' file alone.
-# Not a declared input: a rule reruns when its own `params: spec=` changes, not whenever any param does.
+# run starts (the Snakefile's onstart: never by a dry run, a parse, or a SLURM job step, which runs
+# without hooks), atomically and only when they change, so a dry run of other params leaves running
+# jobs' file alone.
+# Not a declared input: a job reruns when its own `params: spec=` changes, not whenever any param does.
 PARAMS_NAME = "+".join(Path(f).stem for f in workflow.overwrite_configfiles) or "demo"
 PARAMS_FILE = R / "config" / f"{PARAMS_NAME}.resolved.yaml"
 
@@ -52,10 +53,6 @@ def write_resolved(path, params):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-onstart:
-    write_resolved(PARAMS_FILE, config)
 
 
 wildcard_constraints:
