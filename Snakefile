@@ -9,9 +9,10 @@
 #
 # Params (workflow/rules/common.smk): a `--configfile` replaces params/demo.yaml instead of being
 # merged into it; `--config KEY=VALUE` still overrides single keys. They are validated before any
-# job runs (the typed config's friendly errors, then workflow/schemas/params.schema.json) and
-# written to <results>/config/params.resolved.yaml, the file every rule hands to the CLI
-# (`--config {params.cfg}`), so the CLI sees exactly the params Snakemake sees.
+# job runs (the typed config's friendly errors, then workflow/schemas/params.schema.json) and, when a
+# run starts, written to <results>/config/<params file name>.resolved.yaml (demo.resolved.yaml by
+# default), the file every rule hands to the CLI (`--config {params.cfg}`), so the CLI sees exactly
+# the params Snakemake sees.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -30,6 +31,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/multiscale.smk"
 include: "workflow/rules/studies.smk"
 include: "workflow/rules/tracking.smk"
+
+
+# the resolved params for the jobs, when a run starts (common.smk's PARAMS_FILE)
+onstart:
+    write_resolved(PARAMS_FILE, config)
 
 
 rule all:

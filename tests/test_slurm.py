@@ -16,8 +16,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
-from _workflow_helpers import ROOT, TINY, report, snakemake
+from _workflow_helpers import BIN, ROOT, TINY, env, report, snakemake
 from image_density.config import load_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -98,7 +100,7 @@ def test_profile_runs_data_and_training_through_sbatch(slurm_cluster, tmp_path):
         assert (tmp_path / "results/data" / dataset / "meta.json").is_file()
     assert (tmp_path / model).stat().st_size > 0
     # the job steps re-read the params without the profile: they must resolve the same ones
-    resolved = load_config(tmp_path / "results/config/params.resolved.yaml")
+    resolved = load_config(tmp_path / f"results/config/{TINY.stem}.resolved.yaml")
     assert resolved == cfg
 
     # every job went through sbatch: one SLURM job id per job, a kept SLURM log per job, and
@@ -113,3 +115,112 @@ def test_profile_runs_data_and_training_through_sbatch(slurm_cluster, tmp_path):
     ).stdout
     states = dict(line.split() for line in squeue.splitlines())
     assert all(states.get(j) == "COMPLETED" for j in job_ids), squeue
+
+
+def _profile(tmp_path: Path, default: dict, **rules: dict) -> Path:
+    """The repository's profile with this machine's overrides merged in per key (no GPUs, small
+    requests): every other setting (retries, runtime by attempt, the signal) is the profile's own."""
+    profile = yaml.safe_load((ROOT / "slurm/config.yaml").read_text())  # `<<: *gpu` merged
+    del profile["configfile"]
+    profile["default-resources"] |= default
+    for rule, values in rules.items():
+        profile["set-resources"][rule] |= values
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_training_past_its_time_limit_checkpoints_and_resumes_identically(slurm_cluster, tmp_path):
+    # one energy training of 1-3 minutes on 2 cores against a first time limit of 1 minute (SLURM's
+    # smallest). slurmctld checks limits every 30 s, so `--signal=TERM@1` arrives 29-59 s into the
+    # job; the retry gets 5 minutes. No periodic checkpoint before the end (ckpt_every = steps): a
+    # resume can only start from the checkpoint the signal caused.
+    raw = yaml.safe_load(TINY.read_text())
+    steps = 1500
+    raw["energy"]["train"] |= {"steps": steps, "ckpt_every": steps, "log_every": 100}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    name = raw["energy"]["datasets"][0]
+    model = f"results/models/energy/{name}/model.pt"
+    # meanwhile, the same training uninterrupted, without SLURM
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    cli = [str(BIN / "image-density")]
+    reference = subprocess.Popen(
+        f"{cli[0]} prepare --config {params} --dataset {name} && {cli[0]} train --config {params}"
+        f" --model energy --dataset {name} --out out --no-progress",
+        shell=True, cwd=ref, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    profile = _profile(
+        tmp_path,
+        {"mem_mb": 500, "runtime": 10},
+        prepare_data={"mem_mb": 500, "cpus_per_task": 1, "runtime": 10},
+        train={
+            "gpu": 0,
+            "mem_mb": 500,
+            "runtime": "1 if attempt == 1 else 5",
+            "slurm_extra": "'--signal=TERM@1'",
+        },
+    )
+    res = snakemake(
+        model,
+        "--profile",
+        str(profile),
+        "--configfile",
+        str(params),
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        workdir=tmp_path / "run",
+        timeout=480,
+    )
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out
+    assert res.returncode == 0, report(res, tmp_path / "run")
+    # the training was submitted twice: the time limit's signal stopped the first (exit 75), the
+    # retry resumed from the checkpoint written then
+    submitted = [line for line in res.stdout.splitlines() if "has been submitted with SLURM jobid" in line]
+    assert sum("rule_train/" in line for line in submitted) == 2, res.stdout
+    log = (tmp_path / f"run/results/logs/train/energy/{name}.log").read_text()
+    resumed = int(log.rsplit("(resumed from ", 1)[1].split(")")[0])
+    assert 0 < resumed < steps, log
+    # bit for bit the weights of the uninterrupted training
+    got, want = _weights(tmp_path / "run" / model), _weights(ref / "out/model.pt")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_training_that_failed_for_good_is_not_retried(tmp_path):
+    # a NaN (exit 3) under the profile's retries: the retries fail at once, without training
+    raw = yaml.safe_load(TINY.read_text())
+    raw["energy"]["train"]["lr"] = 1e30  # the loss overflows within the first steps
+    params = tmp_path / "nan.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    name = raw["energy"]["datasets"][0]
+    retries = yaml.safe_load((ROOT / "slurm/config.yaml").read_text())["retries"]
+    model = f"results/models/energy/{name}/model.pt"
+    res = snakemake("-c1", model, "--configfile", str(params), "--retries", str(retries), workdir=tmp_path)
+    assert res.returncode != 0
+    log = (tmp_path / f"results/logs/train/energy/{name}.log").read_text()  # the last attempt's
+    assert f"attempt {retries + 1} not run: attempt 1 failed with exit 3 (NonFiniteLoss" in log, log
+
+
+def test_profile_scales_runtime_and_signals_trainings(monkeypatch):
+    # runtimes grow with the attempt; trainings get their signal before the limit; partitions and
+    # account come from the environment, CPU and GPU jobs each from their own variable
+    profile = yaml.safe_load((ROOT / "slurm/config.yaml").read_text())
+    resources = {"*": profile["default-resources"], **profile["set-resources"]}
+    for rule, values in resources.items():
+        runtime = str(values["runtime"])
+        assert eval(runtime, {"attempt": 2}) > eval(runtime, {"attempt": 1}), rule
+    for rule in ("train", "train_generalization", "train_scale", "train_scale_lowpass"):
+        assert "--signal=TERM@" in resources[rule]["slurm_extra"], rule
+    monkeypatch.setenv("IMAGE_DENSITY_CPU_PARTITION", "cpu")
+    monkeypatch.setenv("IMAGE_DENSITY_GPU_PARTITION", "gpu")
+    partition = {rule: eval(values.get("slurm_partition", "''")) for rule, values in resources.items()}
+    assert partition["*"] == "cpu" and partition["train"] == partition["study_nll"] == "gpu"
+    assert eval(resources["*"]["slurm_account"]) == ""  # unset: the plugin guesses

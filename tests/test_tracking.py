@@ -1,4 +1,4 @@
-"""MLflow tracking: files -> one run per job, replace-on-rerun, many jobs writing one sqlite store."""
+"""MLflow tracking: files -> one run per job, history kept on rerun, many jobs writing one sqlite store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ def test_importing_the_package_does_not_import_mlflow():
 # ------------------------------------------------------------------------------ against MLflow
 
 
-def test_run_round_trip_and_replace_on_rerun(tmp_path, uri):
+def test_run_round_trip_and_history_on_rerun(tmp_path, uri):
     from mlflow import MlflowClient
 
     curves = write_curves(tmp_path / "metrics.jsonl", 50)
@@ -146,10 +147,14 @@ def test_run_round_trip_and_replace_on_rerun(tmp_path, uri):
     write_curves(curves, 50, scale=2.0)  # the job was rerun and wrote new curves
     second = tracking.log_run("energy", "field16-energy", **kwargs)
     assert not second.reused and second.run_id != first.run_id
+    # history kept: both runs active, newest first, each with its own curves
     active = tracking.find_runs(c, first.experiment_id, "field16-energy")
-    assert [r.info.run_id for r in active] == [second.run_id]
-    assert c.get_run(first.run_id).info.lifecycle_stage == "deleted"
+    assert [r.info.run_id for r in active] == [second.run_id, first.run_id]
     assert c.get_metric_history(second.run_id, "loss")[0].value == 2.0
+    assert c.get_metric_history(first.run_id, "loss")[0].value == 1.0
+    # the experiment opens on runs and charts in MLflow 3's UI
+    tags = c.get_experiment(first.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_cli_track_default_store_in_cwd(tmp_path, monkeypatch):
@@ -280,3 +285,59 @@ def test_eight_jobs_log_to_one_new_sqlite_store_at_once(tmp_path, uri):
         assert len(c.get_metric_history(r.info.run_id, "dsm")) == n_steps
         loss = sorted((m.step, m.value) for m in c.get_metric_history(r.info.run_id, "loss"))
         assert loss == [(10 * s, (i + 1) / (s + 1)) for s in range(n_steps)]
+
+
+def test_live_run_logs_while_training_and_a_resumed_attempt_continues(tmp_path, uri):
+    from mlflow import MlflowClient
+
+    log, state = tmp_path / "checkpoint.metrics.jsonl", tmp_path / "mlflow_run.json"
+    log.write_text("")
+    live = tracking.LiveRun(log, state, "training", "energy/g", params={"train": {"lr": 0.1}},
+                            tags={"mlflow.source.git.commit": "abc"}, every_s=0.05, uri=uri)  # fmt: skip
+    c = MlflowClient(uri)
+    with live:
+        with open(log, "a") as f:
+            for step in (1, 2):
+                f.write(json.dumps({"step": step, "loss": 1.0 / step, "time": 0.1}) + "\n")
+            f.write('{"step": 3, "lo')  # a line being written: not read yet
+            f.flush()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # logged while the "training" still runs
+            if live.run_id and len(c.get_metric_history(live.run_id, "loss")) == 2:
+                break
+            time.sleep(0.05)
+        run = c.get_run(live.run_id)
+        assert run.info.status == "RUNNING"
+        with open(log, "a") as f:
+            f.write('ss": 0.3, "time": 0.2}\n')
+    run = c.get_run(live.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"train.lr": "0.1"}
+    assert run.data.tags["mlflow.source.git.commit"] == "abc"
+    assert (
+        c.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    )
+    assert [(m.step, m.value) for m in c.get_metric_history(live.run_id, "loss")] == [
+        (1, 1.0),
+        (2, 0.5),
+        (3, 0.3),
+    ]
+    # a resumed attempt: the log cut back to the checkpoint's step 2, then steps 3-4 again
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3, 4)))
+    again = tracking.LiveRun(log, state, "training", "energy/g", params={}, tags={}, every_s=0.05, uri=uri)
+    with again:
+        time.sleep(0.3)
+    assert again.run_id == live.run_id
+    assert [m.step for m in c.get_metric_history(live.run_id, "loss")] == [1, 2, 3, 4]
+
+
+def test_live_run_never_fails_the_training_when_the_store_is_down(tmp_path, capsys):
+    log = tmp_path / "checkpoint.metrics.jsonl"
+    log.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    down = "sqlite:////proc/no-such-dir/mlflow.db"  # a store that cannot be opened
+    start = time.monotonic()
+    with tracking.LiveRun(
+        log, tmp_path / "s.json", "training", "x", params={}, tags={}, every_s=0.05, uri=down
+    ):
+        time.sleep(0.5)
+    assert time.monotonic() - start < 5
+    assert f"live logging to {down} failed" in capsys.readouterr().out

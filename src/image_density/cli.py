@@ -6,6 +6,7 @@ Each subcommand is a pair `_add_<name>(subparsers)` / `_<name>(args)`; nothing e
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -120,7 +121,6 @@ _ONE_RUN = ("experiment", "run_name", "section", "curves", "metrics", "table", "
 
 
 def _track(args) -> None:
-    import json
     from dataclasses import asdict
 
     from image_density import tracking
@@ -164,7 +164,9 @@ def _add_train(sub) -> None:
         help="train an energy model or a plain denoiser (resumes from its checkpoint)",
         description="Writes OUT/model.pt and OUT/metrics.jsonl; resumable state (checkpoint.pt, "
         "checkpoint.prev.pt, checkpoint.metrics.jsonl) lives in --ckpt-dir. Exit code 75: stopped by "
-        "SIGTERM/SIGUSR1 after a checkpoint, rerun to resume; 3: non-finite loss. Multi-GPU: "
+        "SIGTERM/SIGUSR1 after a checkpoint, rerun to resume; 3: non-finite loss; 2: bad input. With "
+        "--attempt N > 1 (Snakemake's retry), a training whose previous attempt failed with 2 or 3 "
+        "fails again at once instead of retrying. Multi-GPU: "
         "torchrun --nproc-per-node N -m image_density.cli train ...",
     )
     p.add_argument("--config", type=Path, required=True)
@@ -180,22 +182,88 @@ def _add_train(sub) -> None:
         help="resumable state, kept outside Snakemake's declared outputs (default: --out)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_attempt(p)
     p.set_defaults(func=_train)
 
 
-def _run_training(command: str, run) -> None:
+def _add_attempt(p) -> None:
+    p.add_argument("--attempt", type=int, default=1,
+                   help="Snakemake's attempt (1 + retries so far); see --help of train")  # fmt: skip
+    p.add_argument("--live-every", type=float, default=60, metavar="SECONDS",
+                   help="log the curves to MLflow (experiment 'training', run <model folder>) every "
+                   "SECONDS while training (default 60; a shorter training is left to the tracking "
+                   "job); 0: never")  # fmt: skip
+
+
+# The failure of the last attempt, in --ckpt-dir: Snakemake retries any failed job, but only an
+# interrupted training (exit 75) gains from a retry; a NaN or a bad input would fail again after
+# hours on a GPU.
+FAILED_NAME = "failed.json"
+
+
+def _refuse_retry(command: str, ckpt_dir: Path, attempt: int) -> None:
+    """Attempt 1 (a new Snakemake invocation) forgets the record; a retry of a training that failed
+    for good exits at once with the recorded code."""
+    record = ckpt_dir / FAILED_NAME
+    if attempt <= 1:
+        record.unlink(missing_ok=True)
+        return
+    if record.is_file():
+        failed = json.loads(record.read_text())
+        print(f"image-density {command}: attempt {attempt} not run: attempt {failed['attempt']} "
+              f"failed with exit {failed['exit']} ({failed['error']}); fix it and rerun",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(failed["exit"])
+
+
+def _record_failure(ckpt_dir: Path, attempt: int, code: int, err: Exception) -> None:
+    """Only for a training that started (its folder exists): bad arguments fail before any work, and
+    fail as fast on a retry."""
+    if os.environ.get("RANK", "0") != "0" or not ckpt_dir.is_dir():
+        return
+    record = {"attempt": attempt, "exit": code, "error": f"{type(err).__name__}: {err}"}
+    (ckpt_dir / FAILED_NAME).write_text(json.dumps(record) + "\n")
+
+
+def _live_run(args, ckpt_dir: Path):
+    """tracking.LiveRun on the training's live log (rank 0, with --live-every), else nothing."""
+    import contextlib
+
+    if args.live_every <= 0 or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    from image_density import tracking
+    from image_density.train import LIVE_METRICS
+
+    cfg = load_config(args.config)
+    out = args.out.resolve()
+    models = (cfg.results / "models").resolve()
+    name = "/".join(out.relative_to(models).parts) if out.is_relative_to(models) else str(args.out)
+    tree = cfg.model_dump(mode="json")
+    tags = {**tracking.git_tags(), "config_sha256": tracking.config_sha256(tree)}
+    return tracking.LiveRun(ckpt_dir / LIVE_METRICS, ckpt_dir / "mlflow_run.json", "training", name,
+                            params=tree, tags=tags, every_s=args.live_every)  # fmt: skip
+
+
+def _run_training(command: str, run, args) -> None:
     """Call run() -> TrainResult; exit 75 when a signal stopped it after a checkpoint, 3 on a non-finite
-    loss (train.py)."""
+    loss (train.py), 2 on bad input (main); 3 and 2 are recorded for _refuse_retry."""
     from image_density.train import EXIT_INTERRUPTED, EXIT_NONFINITE, Interrupted, NonFiniteLoss
 
+    ckpt_dir = args.ckpt_dir or args.out
+    _refuse_retry(command, ckpt_dir, args.attempt)
     try:
-        res = run()
+        with _live_run(args, ckpt_dir):
+            res = run()
     except Interrupted as err:
         print(f"image-density {command}: {err}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except NonFiniteLoss as err:
+        _record_failure(ckpt_dir, args.attempt, EXIT_NONFINITE, err)
         print(f"image-density {command}: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_NONFINITE) from None
+    except (ConfigError, OSError, ValueError) as err:
+        _record_failure(ckpt_dir, args.attempt, 2, err)
+        raise
     if os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(f"trained to step {res.step} (resumed from {res.resumed_from}): {res.model_path}")
 
@@ -207,7 +275,7 @@ def _train(args) -> None:
     _run_training("train", lambda: train_from_config(
         cfg, args.model, args.dataset, args.data or cfg.results / "data" / args.dataset, args.out,
         ckpt_dir=args.ckpt_dir, subset=args.subset, n=args.n, progress=not args.no_progress,
-    ))  # fmt: skip
+    ), args)  # fmt: skip
 
 
 def _add_train_scale(sub) -> None:
@@ -232,6 +300,7 @@ def _add_train_scale(sub) -> None:
         help="resumable state, kept outside Snakemake's declared outputs (default: --out)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_attempt(p)
     p.set_defaults(func=_train_scale)
 
 
@@ -243,7 +312,7 @@ def _train_scale(args) -> None:
     _run_training("train-scale", lambda: train_scale_from_config(
         cfg, args.dataset, args.model, scale, args.rf, args.data or cfg.results / "data" / args.dataset,
         args.out, ckpt_dir=args.ckpt_dir, progress=not args.no_progress,
-    ))  # fmt: skip
+    ), args)  # fmt: skip
 
 
 def _add_multiscale_models(p) -> None:

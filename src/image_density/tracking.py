@@ -5,11 +5,12 @@ jobs all run in the repository root, so a bare `mlflow ui` there shows every run
 beside a sqlite store (`<db dir>/mlartifacts/<experiment>/<run id>/`, fixed when the experiment is made).
 
 Layout. One experiment per study ("energy", "multiscale", "nll", ...), one run per trained model or
-evaluation, found by its name. Rerunning a job replaces its run: a new run is filled and finished,
-then the older runs of that name are soft-deleted (`mlflow gc` purges them), so a failure half-way
-leaves the previous run in place. Metric histories cannot be edited in MLflow, so updating a run in
-place would mix two trainings' curves. Rerunning with identical inputs (tag `inputs_sha256`) is a
-no-op that returns the existing run.
+evaluation, found by its name. Rerunning a job adds a run of the same name and keeps the earlier
+ones (history to compare: a demo and a paper run, a run before and after a change; the UI lists the
+newest first). Metric histories cannot be edited in MLflow, so updating a run in place would mix two
+trainings' curves. Rerunning with identical inputs (tag `inputs_sha256`) is a no-op that returns the
+existing run. Experiments carry `mlflow.experimentKind=custom_model_development`, which MLflow 3's
+UI reads to open on the runs and their charts instead of its GenAI (traces) overview.
 
 Batches. Importing mlflow costs ~1-2 s a process and a run then ~25 ms, so the workflow logs each
 group of runs in one process (`log_runs`, `image-density track --runs JSON`, workflow/rules/tracking.smk)
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 DB_NAME = "mlflow.db"
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 DATA_META = "meta.json"  # data/store.py's META, not imported from there: that module imports torch
 _METRICS_PER_BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
 _PARAMS_PER_BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
@@ -293,9 +295,13 @@ def experiment_id(c, name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             _retry(c.restore_experiment, exp.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tag existed
+            if exp.tags.get(key) != value:
+                _retry(c.set_experiment_tag, exp.experiment_id, key, value)
         return exp.experiment_id
     try:
-        return _retry(c.create_experiment, name, artifact_location=_artifact_location(c.tracking_uri, name))
+        location = _artifact_location(c.tracking_uri, name)
+        return _retry(c.create_experiment, name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in f"{err.error_code} {err}":
             raise
@@ -346,8 +352,8 @@ def log_run(
     tags: Mapping[str, str] | None = None,
     uri: str | None = None,
 ) -> RunRecord:
-    """Log one trained model or evaluation as the run `run_name` of `experiment`, replacing older runs
-    of that name. `params` (nested allowed) are flattened; `curves` is a metrics.jsonl replayed with its
+    """Log one trained model or evaluation as a new run `run_name` of `experiment` (older runs of that
+    name stay). `params` (nested allowed) are flattened; `curves` is a metrics.jsonl replayed with its
     steps; `metrics` are final numbers; tables go under artifacts/tables, figures under
     artifacts/figures, the rest at the top. All files are read before MLflow is touched."""
     from mlflow.entities import Metric, Param, RunStatus
@@ -393,9 +399,98 @@ def log_run(
             _retry(c.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
         _retry(c.set_terminated, run_id, "FINISHED")
-        for run in old:
-            _retry(c.delete_run, run.info.run_id)
         return RunRecord(uri, experiment, exp_id, run_name, run_id, reused=False)
+
+
+# ----------------------------------------------------------------------------- during training
+
+
+class LiveRun:
+    """A training's curves in MLflow while it trains: a daemon thread wakes every `every_s` seconds,
+    reads the points its live metrics log (train.py's checkpoint.metrics.jsonl) gained and logs them,
+    with the time they were read, to the run recorded in `state` (a JSON file in the checkpoint folder,
+    so a resumed attempt continues its run; a new training, in a new folder, gets a new run). The run
+    is made at the first wake-up, with the params and tags (the commit) of training time: a training
+    shorter than `every_s` never imports mlflow (the tracking job logs it afterwards). Errors (store
+    down, locked, full) are printed once and retried at the next wake-up; they never reach the
+    training, and leaving the context waits at most `every_s` for the last flush."""
+
+    def __init__(self, log: Path, state: Path, experiment: str, run_name: str, *,
+                 params: Mapping[str, Any], tags: Mapping[str, str], every_s: float = 60.0,
+                 uri: str | None = None):  # fmt: skip
+        self.log, self.state, self.every_s = Path(log), Path(state), every_s
+        self.experiment, self.run_name, self.params, self.tags = experiment, run_name, params, dict(tags)
+        self.uri = uri or tracking_uri()
+        self.run_id: str | None = None
+        self._offset, self._skip_upto, self._done, self._warned = 0, -1, None, False
+        self._thread, self._status = None, "FINISHED"
+
+    def __enter__(self) -> LiveRun:
+        import threading
+
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mlflow-live", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._status = "FINISHED" if exc_type is None else "KILLED"  # KILLED: stopped, or failed
+        self._done.set()
+        self._thread.join(timeout=self.every_s)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.every_s):
+            self._flush(final=False)
+        if self.run_id is not None:  # the last points and the run's end, if it was made
+            self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        try:
+            with _store_errors(self.uri):
+                self._log_new_points(final)
+        except Exception as err:  # never the training's problem
+            if not self._warned:
+                print(f"mlflow: live logging to {self.uri} failed ({err}); retrying", flush=True)
+                self._warned = True
+
+    def _log_new_points(self, final: bool) -> None:
+        from mlflow.entities import Metric, Param
+
+        c = client(self.uri)
+        if self.run_id is None:
+            known = json.loads(self.state.read_text()) if self.state.is_file() else {}
+            if known.get("tracking_uri") == self.uri:
+                self.run_id = known["run_id"]
+                _retry(c.update_run, self.run_id, status="RUNNING")
+            else:
+                exp_id = experiment_id(c, self.experiment)
+                run = _retry(c.create_run, exp_id, run_name=self.run_name, tags=self.tags)
+                self.run_id = run.info.run_id
+                batch = [Param(k, v) for k, v in param_values(self.params).items()]
+                for chunk in _chunks(batch, _PARAMS_PER_BATCH):
+                    _retry(c.log_batch, self.run_id, params=chunk, synchronous=True)
+                self.state.write_text(json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}) + "\n")
+            # points already logged by an earlier attempt: the run's last step
+            history = _retry(c.get_metric_history, self.run_id, "loss")
+            last = max((m.step for m in history), default=-1)
+            self._skip_upto = last
+        with open(self.log) as f:
+            f.seek(self._offset)
+            text = f.read()
+        complete = text[: text.rfind("\n") + 1]  # a line being written stays for the next time
+        self._offset += len(complete.encode())
+        now = int(time.time() * 1000)
+        series = [
+            Metric(k, float(v), now, int(row["step"]))
+            for row in map(json.loads, complete.splitlines())
+            if int(row["step"]) > self._skip_upto
+            for k, v in row.items()
+            if k != "step" and _is_number(v)
+        ]
+        for chunk in _chunks(series, _METRICS_PER_BATCH):
+            _retry(c.log_batch, self.run_id, metrics=chunk, synchronous=True)
+        if final:
+            _retry(c.set_terminated, self.run_id, self._status)
 
 
 # ----------------------------------------------------------------------------- many runs, one process

@@ -35,10 +35,14 @@ config.update(CFG.model_dump(mode="json"))
 validate(config, "../schemas/params.schema.json", set_default=False)
 
 R = CFG.results
-# The resolved params, for the CLI. Rewritten atomically and only when they change: every SLURM job
-# step re-parses this file and would otherwise race to rewrite it. Not a declared input: a rule
-# reruns when its own `params: spec=` changes, not whenever any param does.
-PARAMS_FILE = R / "config" / "params.resolved.yaml"
+# The resolved params, for the CLI: one file per params file (`--configfile`'s name, demo by
+# default), so that two scales sharing a results folder never overwrite each other's. Written when a
+# run starts (the Snakefile's onstart: never by a dry run, a parse, or a SLURM job step, which runs
+# without hooks), atomically and only when they change, so a dry run of other params leaves running
+# jobs' file alone.
+# Not a declared input: a job reruns when its own `params: spec=` changes, not whenever any param does.
+PARAMS_NAME = "+".join(Path(f).stem for f in workflow.overwrite_configfiles) or "demo"
+PARAMS_FILE = R / "config" / f"{PARAMS_NAME}.resolved.yaml"
 
 
 def write_resolved(path, params):
@@ -49,9 +53,6 @@ def write_resolved(path, params):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-write_resolved(PARAMS_FILE, config)
 
 
 wildcard_constraints:
@@ -117,6 +118,14 @@ def launcher(wildcards, resources):
     if n > 1:
         return f"torchrun --standalone --nproc_per_node {n} -m image_density.cli"
     return "image-density"
+
+
+def retry_attempt(wildcards, attempt):
+    """A training's `resources: attempt=`, handed to `--attempt`: Snakemake retries every failed job
+    (`retries:` of the SLURM profile), and the CLI turns a retry of a training that failed for good
+    (NaN, bad input) into an immediate failure (cli._refuse_retry). Not a request to the cluster.
+    """
+    return attempt
 
 
 # multiscale.smk: a network lives in <results>/models/multiscale/<dataset>/<family>/<net>/,

@@ -14,6 +14,8 @@ rule train:
         f"{R}/logs/train/{{model}}/{{dataset}}.log",
     conda:
         "../envs/image-density.yaml"
+    resources:
+        attempt=retry_attempt,
     params:
         cfg=PARAMS_FILE,
         spec=lambda w: spec(CFG.energy, "unet", "train"),
@@ -24,9 +26,9 @@ rule train:
         ),
         launch=launcher,
     shell:
-        "{params.launch} train --config {params.cfg:q} --model {wildcards.model:q}"
+        "exec {params.launch} train --config {params.cfg:q} --model {wildcards.model:q}"
         " --dataset {wildcards.dataset:q} --data {params.data:q} --out {params.out:q}"
-        " --ckpt-dir {params.ckpt:q} --no-progress > {log:q} 2>&1"
+        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule train_generalization:
@@ -39,6 +41,8 @@ rule train_generalization:
         f"{R}/logs/train_generalization/{{dataset}}/{{subset}}{{n}}.log",
     conda:
         "../envs/image-density.yaml"
+    resources:
+        attempt=retry_attempt,
     params:
         cfg=PARAMS_FILE,
         spec=lambda w: spec(CFG.generalization, "unet", "train"),
@@ -51,10 +55,10 @@ rule train_generalization:
         ),
         launch=launcher,
     shell:
-        "{params.launch} train --config {params.cfg:q} --model energy"
+        "exec {params.launch} train --config {params.cfg:q} --model energy"
         " --dataset {wildcards.dataset:q} --subset {wildcards.subset:q} --n {wildcards.n:q}"
         " --data {params.data:q} --out {params.out:q} --ckpt-dir {params.ckpt:q} --no-progress"
-        " > {log:q} 2>&1"
+        " --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule energy:

@@ -22,6 +22,8 @@ rule train_scale_lowpass:
         family="denoiser|energy",
     conda:
         "../envs/image-density.yaml"
+    resources:
+        attempt=retry_attempt,
     params:
         cfg=PARAMS_FILE,
         spec=ms_train_spec,
@@ -32,9 +34,9 @@ rule train_scale_lowpass:
         ),
         launch=launcher,
     shell:
-        "{params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
+        "exec {params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
         " --model {wildcards.family:q} --scale lowpass --data {params.data:q} --out {params.out:q}"
-        " --ckpt-dir {params.ckpt:q} --no-progress > {log:q} 2>&1"
+        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule train_scale:
@@ -51,6 +53,8 @@ rule train_scale:
         rf=r"\d+",
     conda:
         "../envs/image-density.yaml"
+    resources:
+        attempt=retry_attempt,
     params:
         cfg=PARAMS_FILE,
         spec=ms_train_spec,
@@ -61,10 +65,10 @@ rule train_scale:
         ),
         launch=launcher,
     shell:
-        "{params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
+        "exec {params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
         " --model {wildcards.family:q} --scale {wildcards.scale:q} --rf {wildcards.rf:q}"
         " --data {params.data:q} --out {params.out:q} --ckpt-dir {params.ckpt:q} --no-progress"
-        " > {log:q} 2>&1"
+        " --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule multiscale_denoise:
