@@ -164,9 +164,7 @@ DataSpec = Annotated[
 ]
 
 
-DATA_KINDS = frozenset(
-    m.model_fields["kind"].annotation.__args__[0] for m in DataSpec.__origin__.__args__
-)
+DATA_KINDS = frozenset(m.model_fields["kind"].annotation.__args__[0] for m in DataSpec.__origin__.__args__)
 
 # ------------------------------------------------------------------------------- energy models
 
@@ -182,8 +180,10 @@ class UNetSpec(Strict):
     # "circular" for periodic images (the generated Gaussian fields); "zeros" is the release's
     padding_mode: Literal["zeros", "circular"] = "zeros"
     # "pure": U = 1/2 <y, f(y,t)> as in the paper; "offset": + b(t), a scalar MLP of log t
-    # (METHOD.md, "Measured here at small scale").
-    energy_form: Literal["pure", "offset"] = "offset"
+    # (METHOD.md, "Measured here at small scale"); "gaussian": + b(t) + the -log p_t of the data's
+    # isotropic Gaussian (per-channel mean and pixel variance of the training images), exact at large
+    # t, so f models only the residual (models/energy.py GaussianPart)
+    energy_form: Literal["pure", "offset", "gaussian"] = "offset"
 
     @property
     def downsamplings(self) -> int:
