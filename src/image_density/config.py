@@ -295,7 +295,8 @@ class MultiscaleEnergySpec(Strict):
     # (measured on a 4x4 x_J: +0.026 bits/dim of the whole image with the UNet, +0.008 with the CNN).
     lowpass: Literal["unet", "cnn"] = "unet"
     unet: UNetSpec = UNetSpec()
-    energy_form: Literal["pure", "offset"] = "offset"  # of the CNN energies
+    # of the CNN energies; "gaussian" as UNetSpec's, the band's own mean and variance per channel
+    energy_form: Literal["pure", "offset", "gaussian"] = "offset"
     emb_features: PositiveInt = 32  # noise-level embedding of the CNN energies (as UNetSpec)
     emb_dim: PositiveInt = 256
     train: TrainSpec

@@ -103,14 +103,15 @@ def _stats(cfg: Config, plan: ScalePlan, data: Prepared) -> dict:
         return {"sigma_max": band_max(x, levels, j, m.wavelet, m.normalization)}
     lows, details = pyramid(x.double(), plan.levels, m.wavelet, m.normalization)
     # second moments about 0: the preconditioning of models/local_energy.py
-    if j is None:
-        if m.energy.lowpass == "cnn":
-            return {"band_var": lows[-1].square().mean().item()}
-        return gaussian_stats(lows[-1]) if m.energy.unet.energy_form == "gaussian" else {}
-    return {
-        "band_var": details[j].square().mean().item(),
-        "cond_scale": lows[j].square().mean().sqrt().item(),
-    }
+    band = lows[-1] if j is None else details[j]
+    if j is None and m.energy.lowpass == "unet":
+        return gaussian_stats(band) if m.energy.unet.energy_form == "gaussian" else {}
+    stats = {"band_var": band.square().mean().item()}
+    if j is not None:
+        stats["cond_scale"] = lows[j].square().mean().sqrt().item()
+    if m.energy.energy_form == "gaussian":
+        stats.update(gaussian_stats(band))
+    return stats
 
 
 def scale_model_spec(cfg: Config, plan: ScalePlan, channels: int, stats: dict) -> dict:
@@ -135,6 +136,7 @@ def scale_model_spec(cfg: Config, plan: ScalePlan, channels: int, stats: dict) -
         "cond_scale": stats.get("cond_scale", 1.0),
         "padding_mode": m.cnn.padding_mode,
         "energy_form": m.energy.energy_form,
+        **{k: stats[k] for k in ("data_mean", "data_var") if k in stats},
     }
 
 
