@@ -47,14 +47,16 @@ class _Generated(Strict):
 
 class GaussianFieldData(_Generated):
     """Periodic stationary Gaussian field, continuous (not quantized, not clipped); power spectrum
-    S(k) = c (1 + (|k|/k0)^2)^(-gamma/2), |k| the integer frequency magnitude on the size x size DFT
-    grid, c chosen so the pixel std is `std`; channels independent (see data/gaussian_field.py)."""
+    S(k) = c (1 + (k_y/k0)^2 + (k_x/(aspect k0))^2)^(-gamma/2), k the integer frequencies on the
+    size x size DFT grid, c chosen so the pixel std is `std`; aspect 1: isotropic; channels
+    independent (see data/gaussian_field.py)."""
 
     kind: Literal["gaussian_field"]
     size: PositiveInt
     channels: PositiveInt = 1
     gamma: PositiveFloat = 2.0
     k0: PositiveFloat = 2.0
+    aspect: PositiveFloat = 1.0
     mean: float = 0.5
     std: PositiveFloat = 0.1
 
@@ -164,7 +166,9 @@ DataSpec = Annotated[
 ]
 
 
-DATA_KINDS = frozenset(m.model_fields["kind"].annotation.__args__[0] for m in DataSpec.__origin__.__args__)
+DATA_KINDS = frozenset(
+    m.model_fields["kind"].annotation.__args__[0] for m in DataSpec.__origin__.__args__
+)
 
 # ------------------------------------------------------------------------------- energy models
 
