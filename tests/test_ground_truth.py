@@ -74,9 +74,11 @@ def test_trained_multiscale_energies_nll_matches_the_exact_entropy(tmp_path):
     of the exact NLL.
 
     Measured (this config, one thread): error +0.034 bits/dim, per-image MAE 0.039, r 0.965 (800
-    steps: +0.027; energy_form offset: +0.146 at 400 steps, +0.077 at 800). Breaks, same training:
-    ell_TSM dropped: MS_TSM_DROP; its time score's sign flipped: MS_TSM_FLIP; log Z without the +d/2:
-    +0.72 (scaled by each part's share of d, the shares sum to d).
+    steps: +0.027; energy_form offset: +0.146 at 400 steps, +0.077 at 800). Broken: log Z without the
+    +d/2 of the control variate, +0.72 (each part's share of it; the shares of d sum to d); nats for
+    bits, +0.4. Not caught at this length: ell_TSM dropped (+0.029) or its sign flipped (+0.016), as the
+    Gaussian part carries most of the time score; test_trained_energy_nll_matches_the_exact_entropy
+    catches both through the same loss code.
     """
     tol = 0.05
     cfg = load_config(_config(tmp_path))
@@ -122,10 +124,12 @@ def exact_nll_bits_per_dim(x: np.ndarray, mean: torch.Tensor, cov: torch.Tensor)
 def test_user_array_of_gaussian_images_through_the_cli(tmp_path):
     """A user's float images from their own Gaussian (README, "Your own Gaussian data"): `image-density
     prepare / train / nll` with the test params; the table's NLL within TOL bits/dim of the exact NLL of
-    the same test images, computed from the user's covariance by the README's recipe. Measured: +0.008
-    bits/dim on the stationary field of the test params drawn as an array. Not met at this size and
-    length by a non-periodic covariance (exponential correlation exp(-|i-j|/2), zero padding): +0.089,
-    per-image r 0.42; the tiny UNet does not learn the borders in 300 steps."""
+    the same test images, computed from the user's covariance by the README's recipe. Measured (same
+    training through train_from_config): +0.001 bits/dim, per-image MAE 0.048, r 0.84. Not met at
+    this size and length by a non-periodic covariance (exponential correlation exp(-|i-j|/2), zero
+    padding): +0.089, per-image r 0.42; the tiny UNet does not learn the borders in 300 steps.
+    A wrong log Z or unit breaks it as in test_trained_energy_nll_matches_the_exact_entropy (+0.72,
+    and +0.58 for nats: this field's entropy is -1.89 bits/dim)."""
     tol = 0.03
     mean, cov = user_covariance(8)
     gen = torch.Generator().manual_seed(5)
