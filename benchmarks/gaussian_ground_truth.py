@@ -10,6 +10,9 @@ line per figure and write results/<bench>/tables/ground_truth.csv:
   transport    per noise level t, the model's minus the exact (t/d) E[dU/dt] and (t/2d) E[Laplacian U]
                (likelihood.transport_integrand), each integrated over log t from t_min (bits/dim):
                their sum at t_max is minus the NLL error, so it shows where the error accumulates
+  transport_split  per field, the two integrals over the whole t range, sign as the NLL error: the
+               share of the time score and of the score's divergence (their sum ~ the NLL error of
+               the transport images)
 
     python benchmarks/gaussian_ground_truth.py --config params/bench-gaussian.yaml
 """
@@ -58,6 +61,8 @@ def transport(rows: list[dict], name: str, model, exact, x: torch.Tensor, train,
         return torch.cat([e.new_zeros(1), steps.cumsum(0)]) / units.LN2
 
     cum_a, cum_b = cumulative(err_a), cumulative(err_b)
+    emit(rows, dataset=name, figure="transport_split", model="energy", time_score_bits=-float(cum_a[-1]),
+         laplacian_bits=-float(cum_b[-1]), value=-float(cum_a[-1] + cum_b[-1]))  # fmt: skip
     for k, t in enumerate(t_grid.tolist()):
         emit(rows, dataset=name, figure="transport", model="energy", t=t,
              time_score_error=float(err_a[k]), laplacian_error=float(err_b[k]),

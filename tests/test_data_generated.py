@@ -232,3 +232,15 @@ def test_prepare_replaces_atomically(tmp_path):
     prepare_dataset(spec(kind="dead_leaves", size=8, n_train=3, n_test=2), out, "d")
     assert load_prepared(out).meta["n_train"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temp or old folders left
+
+
+def test_anisotropic_field_stretches_the_spectrum_along_x():
+    """aspect a: S(k_y, k_x) = S_iso(k_y, k_x / a); k_x = 3 at a = 3 has the power of k_y = 1; rows
+    and columns differ, and mean(S) stays the pixel variance."""
+    from image_density.data.gaussian_field import spectrum
+
+    s = spectrum(16, gamma=2.0, k0=2.0, std=0.1, aspect=3.0)
+    assert s[0, 3] == pytest.approx(s[1, 0], rel=1e-12)
+    assert s[0, 3] > s[3, 0]
+    assert s.mean() == pytest.approx(0.01, rel=1e-12)
+    np.testing.assert_allclose(s, np.roll(np.flip(s, (0, 1)), (1, 1), (0, 1)))  # S(k) = S(-k): real field

@@ -113,6 +113,29 @@ def test_denoiser_model():
 def test_energy_form_is_checked():
     with pytest.raises(ValueError, match="energy_form"):
         EnergyModel(nn.Identity(), "linear")
+    with pytest.raises(ValueError, match="data_mean"):
+        EnergyModel(nn.Identity(), "gaussian")
+
+
+class _Zero(nn.Module):
+    def forward(self, y, t):
+        return 0 * y
+
+
+def test_gaussian_form_with_zero_network_is_the_isotropic_gaussian():
+    """energy_form 'gaussian' with f = 0 and b = 0 is exactly -log p_t of N(mu_c, s_c I) per channel,
+    up to a constant: its score, time score and denoiser are GaussianEnergy's with flat eigenvalues."""
+    mu, s = [0.25, 0.625], [2.0**-6, 2.0**-4]  # exact in the float32 buffers
+    model = EnergyModel(_Zero(), "gaussian", mu, s).double()
+    lam = torch.tensor(s, dtype=F64).view(2, 1, 1).expand(2, 4, 4).clone()
+    exact = GaussianEnergy(lam, torch.tensor(mu, dtype=F64).view(2, 1, 1))
+    y = torch.rand(3, 2, 4, 4, dtype=F64)
+    t = torch.tensor([1e-4, 0.1, 100.0], dtype=F64)
+    s_y, s_t = model.score_and_time_score(y, t)
+    torch.testing.assert_close(s_y, exact.score(y, t))
+    torch.testing.assert_close(s_t, exact.time_score(y, t))
+    torch.testing.assert_close(model.energy(y, t), exact.energy(y, t))
+    torch.testing.assert_close(model.denoise(y, t), exact.denoise(y, t))
 
 
 # ------------------------------------------------------------------------------ GaussianEnergy

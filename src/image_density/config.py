@@ -88,14 +88,16 @@ class _Generated(Strict):
 
 class GaussianFieldData(_Generated):
     """Periodic stationary Gaussian field, continuous (not quantized, not clipped); power spectrum
-    S(k) = c (1 + (|k|/k0)^2)^(-gamma/2), |k| the integer frequency magnitude on the size x size DFT
-    grid, c chosen so the pixel std is `std`; channels independent (see data/gaussian_field.py)."""
+    S(k) = c (1 + (k_y/k0)^2 + (k_x/(aspect k0))^2)^(-gamma/2), k the integer frequencies on the
+    size x size DFT grid, c chosen so the pixel std is `std`; aspect 1: isotropic; channels
+    independent (see data/gaussian_field.py)."""
 
     kind: Literal["gaussian_field"]
     size: PositiveInt
     channels: PositiveInt = 1
     gamma: PositiveFloat = 2.0
     k0: PositiveFloat = 2.0
+    aspect: PositiveFloat = 1.0
     mean: float = 0.5
     std: PositiveFloat = 0.1
 
@@ -245,8 +247,10 @@ class UNetSpec(Strict):
     # "circular" for periodic images (the generated Gaussian fields); "zeros" is the release's
     padding_mode: Literal["zeros", "circular"] = "zeros"
     # "pure": U = 1/2 <y, f(y,t)> as in the paper; "offset": + b(t), a scalar MLP of log t
-    # (METHOD.md, "Measured here at small scale").
-    energy_form: Literal["pure", "offset"] = "offset"
+    # (METHOD.md, "Measured here at small scale"); "gaussian": + b(t) + the -log p_t of the data's
+    # isotropic Gaussian (per-channel mean and pixel variance of the training images), exact at large
+    # t, so f models only the residual (models/energy.py GaussianPart)
+    energy_form: Literal["pure", "offset", "gaussian"] = "offset"
 
     @property
     def downsamplings(self) -> int:
@@ -389,7 +393,8 @@ class MultiscaleEnergySpec(Strict):
     # (measured on a 4x4 x_J: +0.026 bits/dim of the whole image with the UNet, +0.008 with the CNN).
     lowpass: Literal["unet", "cnn"] = "unet"
     unet: UNetSpec = UNetSpec()
-    energy_form: Literal["pure", "offset"] = "offset"  # of the CNN energies
+    # of the CNN energies; "gaussian" as UNetSpec's, the band's own mean and variance per channel
+    energy_form: Literal["pure", "offset", "gaussian"] = "offset"
     emb_features: PositiveInt = 32  # noise-level embedding of the CNN energies (as UNetSpec)
     emb_dim: PositiveInt = 256
     train: TrainSpec

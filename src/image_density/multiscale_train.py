@@ -26,6 +26,7 @@ from image_density.config import Config, ConfigError, TrainSpec
 from image_density.data import Prepared, load_prepared
 from image_density.models import build_model, unet_model_spec
 from image_density.models.cnn import cnn_model_spec
+from image_density.models.energy import gaussian_stats
 from image_density.multiscale import band_max, denoiser_objective, energy_objective
 from image_density.train import ImageSource, TrainResult, train
 from image_density.wavelets import pyramid
@@ -108,7 +109,7 @@ def epoch_train_spec(cfg: Config, plan: ScalePlan, n_train: int) -> TrainSpec:
     )
 
 
-def _stats(cfg: Config, plan: ScalePlan, data: Prepared) -> dict[str, float]:
+def _stats(cfg: Config, plan: ScalePlan, data: Prepared) -> dict:
     """What the network needs from its data, measured on the first STATS_IMAGES training images."""
     m = cfg.multiscale
     x = data.images("train", np.arange(min(STATS_IMAGES, len(data.train))))
@@ -124,15 +125,18 @@ def _stats(cfg: Config, plan: ScalePlan, data: Prepared) -> dict[str, float]:
         return {"sigma_max": sigma_max}
     lows, details = pyramid(x.double(), plan.levels, m.wavelet, m.normalization)
     # second moments about 0: the preconditioning of models/local_energy.py
-    if j is None:
-        return {} if m.energy.lowpass == "unet" else {"band_var": lows[-1].square().mean().item()}
-    return {
-        "band_var": details[j].square().mean().item(),
-        "cond_scale": lows[j].square().mean().sqrt().item(),
-    }
+    band = lows[-1] if j is None else details[j]
+    if j is None and m.energy.lowpass == "unet":
+        return gaussian_stats(band) if m.energy.unet.energy_form == "gaussian" else {}
+    stats = {"band_var": band.square().mean().item()}
+    if j is not None:
+        stats["cond_scale"] = lows[j].square().mean().sqrt().item()
+    if m.energy.energy_form == "gaussian":
+        stats.update(gaussian_stats(band))
+    return stats
 
 
-def scale_model_spec(cfg: Config, plan: ScalePlan, channels: int, stats: dict[str, float]) -> dict:
+def scale_model_spec(cfg: Config, plan: ScalePlan, channels: int, stats: dict) -> dict:
     """The registry spec of the network (plain JSON types, stored in its model file)."""
     m = cfg.multiscale
     if plan.family == "denoiser":
@@ -140,7 +144,7 @@ def scale_model_spec(cfg: Config, plan: ScalePlan, channels: int, stats: dict[st
         return cnn_model_spec(kind, channels, m.cnn, plan.rf)
     lowpass = plan.scale == "lowpass"
     if lowpass and m.energy.lowpass == "unet":
-        return unet_model_spec("energy_unet", channels, m.energy.unet)
+        return unet_model_spec("energy_unet", channels, m.energy.unet, stats or None)
     return {
         "arch": "local_energy_cnn",
         "channels": channels if lowpass else 3 * channels,
@@ -154,6 +158,7 @@ def scale_model_spec(cfg: Config, plan: ScalePlan, channels: int, stats: dict[st
         "cond_scale": stats.get("cond_scale", 1.0),
         "padding_mode": m.cnn.padding_mode,
         "energy_form": m.energy.energy_form,
+        **{k: stats[k] for k in ("data_mean", "data_var") if k in stats},
     }
 
 

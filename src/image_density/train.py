@@ -468,6 +468,8 @@ def train_from_config(
     from image_density.data import generalization_split, load_prepared
     from image_density.losses import denoiser_loss, dual_score_loss
     from image_density.models import build_model, unet_model_spec
+    from image_density.models.energy import gaussian_stats
+    from image_density.multiscale_train import STATS_IMAGES
 
     if model not in MODELS:
         raise ConfigError(f"--model must be one of {sorted(MODELS)}, got {model!r}")
@@ -476,7 +478,10 @@ def train_from_config(
     rows = np.arange(len(data.train))
     if subset is not None:
         rows = generalization_split(len(data.train), n, subset)
-    model_spec = unet_model_spec(MODELS[model], data.shape[0], plan.unet)
+    stats = None
+    if model == "energy" and plan.unet.energy_form == "gaussian":
+        stats = gaussian_stats(data.images("train", rows[:STATS_IMAGES]))
+    model_spec = unet_model_spec(MODELS[model], data.shape[0], plan.unet, stats)
     torch.manual_seed(plan.train.seed)
     net = build_model(model_spec)
     meta = {

@@ -4,7 +4,7 @@ On the n x n grid with periodic boundaries, the DFT frequencies are the integer 
 k = (k_y, k_x), k_i in {-n/2, ..., n/2 - 1} (numpy's `fftfreq(n) * n`), and |k| = sqrt(k_y^2 + k_x^2).
 The power spectrum is
 
-    S(k) = c (1 + (|k| / k0)^2)^(-gamma / 2),
+    S(k) = c (1 + (k_y / k0)^2 + (k_x / (aspect k0))^2)^(-gamma / 2)      (aspect 1: a function of |k|),
 
 with c set so that the pixel variance, mean_k S(k), is std^2. Sampling
 
@@ -27,10 +27,10 @@ from image_density.likelihood import gaussian_entropy_nats
 from image_density.units import nats_to_bits
 
 
-def spectrum(n: int, gamma: float, k0: float, std: float) -> np.ndarray:
+def spectrum(n: int, gamma: float, k0: float, std: float, aspect: float = 1.0) -> np.ndarray:
     """S(k) on the n x n DFT grid (numpy fft order), normalized so that mean(S) = std^2. (n, n)"""
     k = np.fft.fftfreq(n) * n
-    k_abs2 = k[:, None] ** 2 + k[None, :] ** 2
+    k_abs2 = k[:, None] ** 2 + (k[None, :] / aspect) ** 2
     s = (1.0 + k_abs2 / k0**2) ** (-gamma / 2.0)
     return s * (std**2 / s.mean())
 
@@ -40,7 +40,7 @@ class GaussianField:
 
     def __init__(self, spec: GaussianFieldData):
         self.spec = spec
-        s = spectrum(spec.size, spec.gamma, spec.k0, spec.std)
+        s = spectrum(spec.size, spec.gamma, spec.k0, spec.std, spec.aspect)
         self.eigenvalues = np.broadcast_to(s, (spec.channels, *s.shape)).copy()  # (C, n, n) float64
 
     @property

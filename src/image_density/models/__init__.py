@@ -49,9 +49,11 @@ from image_density.models.unet import UNet  # noqa: E402
 
 
 @register("energy_unet")
-def _energy_unet(channels: int, energy_form: str = "pure", **unet_kwargs) -> EnergyModel:
-    """U(y, t) = 1/2 <y, UNet(y, t)> (+ b(t))."""
-    return EnergyModel(UNet(channels, **unet_kwargs), energy_form)
+def _energy_unet(
+    channels: int, energy_form: str = "pure", data_mean=None, data_var=None, **unet_kwargs
+) -> EnergyModel:
+    """U(y, t) = 1/2 <y, UNet(y, t)> (+ b(t)) (+ U_G(y, t))."""
+    return EnergyModel(UNet(channels, **unet_kwargs), energy_form, data_mean, data_var)
 
 
 @register("denoiser_unet")
@@ -74,13 +76,21 @@ def network_label(spec: dict[str, Any]) -> str:
     return f"{arch}-rf{rf}" if rf is not None else arch
 
 
-def unet_model_spec(arch: str, channels: int, unet: UNetSpec) -> dict[str, Any]:
-    """The spec of an "energy_unet" / "denoiser_unet" from a config.UNetSpec (plain JSON types)."""
+def unet_model_spec(
+    arch: str, channels: int, unet: UNetSpec, data_stats: dict[str, list[float]] | None = None
+) -> dict[str, Any]:
+    """The spec of an "energy_unet" / "denoiser_unet" from a config.UNetSpec (plain JSON types).
+    data_stats: energy.gaussian_stats of the training images (for a multi-scale low-pass energy: of
+    their x_J), stored by the "gaussian" energy form; that form only."""
     kwargs = unet.model_dump()
     if arch == "denoiser_unet":
         kwargs.pop("energy_form")
     elif arch != "energy_unet":
         raise ValueError(f"unet_model_spec builds 'energy_unet' or 'denoiser_unet', not {arch!r}")
+    elif unet.energy_form == "gaussian":
+        if data_stats is None:
+            raise ValueError("energy_form 'gaussian' needs the training images' mean and variance")
+        kwargs.update(data_stats)
     return {"arch": arch, "channels": channels, **kwargs}
 
 

@@ -110,6 +110,8 @@ class LocalEnergyModel(EnergyModel):
 
 
 @register("local_energy_cnn")
-def _local_energy_cnn(energy_form: EnergyForm = "offset", **cnn_kwargs) -> LocalEnergyModel:
-    """U(d, t | x_j) = 1/2 <d, LocalEnergyCNN(d, t | x_j)> (+ b(t))."""
-    return LocalEnergyModel(LocalEnergyCNN(**cnn_kwargs), energy_form)
+def _local_energy_cnn(
+    energy_form: EnergyForm = "offset", data_mean=None, data_var=None, **cnn_kwargs
+) -> LocalEnergyModel:
+    """U(d, t | x_j) = 1/2 <d, LocalEnergyCNN(d, t | x_j)> (+ b(t)) (+ U_G(d, t), energy.GaussianPart)."""
+    return LocalEnergyModel(LocalEnergyCNN(**cnn_kwargs), energy_form, data_mean, data_var)
