@@ -206,6 +206,8 @@ def wrong_types(value) -> list:
     """Values of another type than `value` that a lax parser would coerce or that are plainly wrong."""
     if isinstance(value, str):
         return [7, 1.5, True, [value], {"a": value}]
+    if isinstance(value, bool):  # a switch (e.g. multiscale.sampler.rescale_lowpass): no 1/0, no text
+        return ["true", 1, 0, 1.5, [value], {"a": value}, "abc"]
     # "0.000010", not "1e-05": that is a YAML 1.2 float, taken as a number
     text = f"{value:f}" if isinstance(value, float) else str(value)
     return [text, True, False, [value], {"a": value}, "abc"]

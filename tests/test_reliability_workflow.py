@@ -127,3 +127,14 @@ def test_a_cli_prepare_beside_the_pipeline_is_one_result_or_a_clear_refusal(tmp_
     assert res.returncode != 0 and "dataset folder results/data/field8: another process holds" in log, log
     assert user.wait(timeout=120) == 0, user.stdout.read()
     assert load_prepared(data).meta["n_train"] == raw["datasets"]["field8"]["n_train"]
+
+
+def test_a_params_file_with_a_key_twice_is_refused_by_snakemake_naming_file_and_line(tmp_path):
+    """Snakemake's own YAML reader keeps the last of two `seed:` keys; the workflow reads each params
+    file again with the strict reader before any job, so the plan fails naming the file and line."""
+    params = tmp_path / "twice.yaml"
+    params.write_text("seed: 0\n" + TINY.read_text() + "\nseed: 1\n")
+    res = snakemake("-n", "all", "--configfile", str(params), workdir=tmp_path)
+    assert res.returncode != 0 and str(params) in res.stdout, res.stdout
+    assert "found the key 'seed' twice (first on line 1)" in res.stdout, res.stdout
+    assert not (tmp_path / "results").exists()

@@ -6,6 +6,7 @@ Every run uses a temporary working directory (`--directory`), so nothing is writ
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import subprocess
@@ -178,7 +179,10 @@ def test_tiny_pipeline_runs_and_is_then_up_to_date(tmp_path):
         for suffix in (".png", ".pdf"):
             assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 0, figure
     metrics = json.loads((results / "metrics.json").read_text())
-    assert set(metrics) == set(SECTIONS), metrics
+    assert set(metrics) == {*SECTIONS, "sources"}, metrics
+    # every table it summarized, with the sha256 of what it read
+    assert all(metrics["sources"][p] == hashlib.sha256((tmp_path / p).read_bytes()).hexdigest()
+               for p in metrics["sources"]), metrics["sources"]  # fmt: skip
     assert isinstance(metrics["nll"][names[0]]["energy_test_bits_per_dim"], float)
     html = snakemake("--report", "results/report.html", "--configfile", str(TINY), workdir=tmp_path)
     assert html.returncode == 0, html.stdout

@@ -222,7 +222,7 @@ def _record_failure(ckpt_dir: Path, attempt: int, code: int, err: Exception) -> 
     if os.environ.get("RANK", "0") != "0" or not ckpt_dir.is_dir():
         return
     record = {"attempt": attempt, "exit": code, "error": f"{type(err).__name__}: {err}"}
-    (ckpt_dir / FAILED_NAME).write_text(json.dumps(record) + "\n")
+    atomic.write_text(ckpt_dir / FAILED_NAME, json.dumps(record) + "\n")
 
 
 def _live_run(args, ckpt_dir: Path):
@@ -246,7 +246,8 @@ def _live_run(args, ckpt_dir: Path):
 
 def _run_training(command: str, run, args) -> None:
     """Call run() -> TrainResult; exit 75 when a signal stopped it after a checkpoint, 3 on a non-finite
-    loss (train.py), 2 on bad input (main); 3 and 2 are recorded for _refuse_retry."""
+    loss (train.py), 2 on bad input (main); 3 and bad input are recorded for _refuse_retry (an OS
+    error or a busy output is not: a retry may succeed)."""
     from image_density.train import EXIT_INTERRUPTED, EXIT_NONFINITE, Interrupted, NonFiniteLoss
 
     ckpt_dir = args.ckpt_dir or args.out
@@ -261,7 +262,9 @@ def _run_training(command: str, run, args) -> None:
         _record_failure(ckpt_dir, args.attempt, EXIT_NONFINITE, err)
         print(f"image-density {command}: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_NONFINITE) from None
-    except (ConfigError, OSError, ValueError) as err:
+    except atomic.Busy:  # another process holds the output: a retry may well succeed
+        raise
+    except (ConfigError, ValueError) as err:  # not OSError: a full disk or a lost mount is transient
         _record_failure(ckpt_dir, args.attempt, 2, err)
         raise
     if os.environ.get("RANK", "0") == "0":  # once under torchrun

@@ -1,7 +1,6 @@
 # Params and target lists shared by every rules file; no rules here (snakemake --lint).
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -9,7 +8,13 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from image_density.config import RESUMABLE_CHANGES, ConfigError, validate_config
+from image_density import atomic
+from image_density.config import (
+    RESUMABLE_CHANGES,
+    ConfigError,
+    read_params,
+    validate_config,
+)
 from image_density.tracking import subtree
 
 # A `--configfile` replaces params/demo.yaml rather than being merged into it (Snakemake's default
@@ -23,8 +28,12 @@ RAW = (
 PARAMS_SOURCE = (
     ", ".join(map(str, workflow.overwrite_configfiles)) or "params/demo.yaml"
 )
-# Typed validation first: its errors name every bad key, the value given and the rule.
+# Typed validation first: its errors name every bad key, the value given and the rule. Snakemake's
+# YAML reader keeps the last of a key given twice: each params file is read once more by the strict
+# reader, which names the file and line of a duplicate key (and a file that is not UTF-8).
 try:
+    for params_file in workflow.overwrite_configfiles or workflow.configfiles:
+        read_params(params_file)
     CFG = validate_config(RAW, PARAMS_SOURCE)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
@@ -47,12 +56,8 @@ PARAMS_FILE = R / "config" / f"{PARAMS_NAME}.resolved.yaml"
 
 def write_resolved(path, params):
     text = yaml.safe_dump(params, sort_keys=False)
-    if path.is_file() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    if not (path.is_file() and path.read_text() == text):
+        atomic.write_text(path, text)
 
 
 wildcard_constraints:
