@@ -20,6 +20,10 @@ from image_density.noise import add_noise, expand_t
 from image_density.train import ImageSource, train
 
 SPEC = {"arch": "tiny_energy", "channels": 1, "width": 4}
+# The smallest `unet:` section of a params file, for the CLI and workflow tests (the first layout:
+# one conv per block).
+TINY_UNET = {"widths": [4], "mid_width": 4, "convs_per_block": 1, "emb_features": 2, "emb_dim": 4,
+             "layout": "separate"}  # fmt: skip
 
 
 class TinyEnergy(nn.Module):

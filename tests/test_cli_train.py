@@ -6,19 +6,13 @@ import threading
 import pytest
 import yaml
 
+from _train_helpers import TINY_UNET
 from image_density import cli
 from image_density.checkpoint import load_model, load_verified
 from image_density.tables import read_rows, upsert_rows
 from image_density.train import EXIT_INTERRUPTED, EXIT_NONFINITE, Interrupted, NonFiniteLoss
 
-UNET = {
-    "widths": [4],
-    "mid_width": 4,
-    "convs_per_block": 1,
-    "emb_features": 2,
-    "emb_dim": 4,
-    "layout": "separate",
-}
+UNET = TINY_UNET
 TRAIN = {"steps": 2, "batch": 4, "t_min": 1.0e-4, "t_max": 100.0, "ckpt_every": 1, "log_every": 1}
 
 

@@ -23,19 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _train_helpers import SPEC, dual_score, fresh_model, make_images, source, tiny_spec
+from _train_helpers import SPEC, TINY_UNET, dual_score, fresh_model, make_images, source, tiny_spec
 from image_density import cli
 from image_density.checkpoint import CheckpointError
 from image_density.train import train
 
-UNET = {
-    "widths": [4],
-    "mid_width": 4,
-    "convs_per_block": 1,
-    "emb_features": 2,
-    "emb_dim": 4,
-    "layout": "separate",
-}
+UNET = TINY_UNET
 TRAIN = {"steps": 2, "batch": 4, "t_min": 1.0e-4, "t_max": 100.0, "ckpt_every": 1, "log_every": 1}
 LIKELIHOOD = {"t_max": 100.0, "logz_images": 8, "logz_draws": 1}
 

@@ -18,18 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _train_helpers import TINY_UNET
 from image_density import atomic, cli
 from image_density.checkpoint import load_verified
 from image_density.data import load_prepared
 
-UNET = {
-    "widths": [4],
-    "mid_width": 4,
-    "convs_per_block": 1,
-    "emb_features": 2,
-    "emb_dim": 4,
-    "layout": "separate",
-}
+UNET = TINY_UNET
 TRAIN = {"steps": 40, "batch": 4, "t_min": 1e-4, "t_max": 100.0, "ckpt_every": 10, "log_every": 1}
 
 

@@ -29,6 +29,7 @@ import pytest
 import torch
 import yaml
 
+from _train_helpers import TINY_UNET
 from image_density import cli
 from image_density.checkpoint import load_latest, load_verified
 
@@ -42,14 +43,7 @@ SELF_KILLS = [("save", 1, "checkpoint.pt.tmp"), ("save", 3, "checkpoint.pt.tmp")
               ("replace", 2, "checkpoint.pt"), ("replace", 1, "checkpoint.prev.pt"),
               ("replace", 1, "metrics.jsonl"), ("replace", 1, "model.pt")]  # fmt: skip
 TIMER_KILLS = 9
-UNET = {
-    "widths": [4],
-    "mid_width": 4,
-    "convs_per_block": 1,
-    "emb_features": 2,
-    "emb_dim": 4,
-    "layout": "separate",
-}
+UNET = TINY_UNET
 
 
 # ------------------------------------------------------------------------------------ the zygote

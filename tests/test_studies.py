@@ -10,6 +10,7 @@ import torch
 import yaml
 from scipy import stats
 
+from _train_helpers import TINY_UNET
 from image_density import cli, units
 from image_density.checkpoint import save_model
 from image_density.config import GaussianFieldData, load_config
@@ -346,14 +347,7 @@ def test_detail_l1_l2():
 
 # --------------------------------------------------------------------------------- the command
 
-UNET = {
-    "widths": [4],
-    "mid_width": 4,
-    "convs_per_block": 1,
-    "emb_features": 2,
-    "emb_dim": 4,
-    "layout": "separate",
-}
+UNET = TINY_UNET
 TRAIN = {"steps": 1, "batch": 4, "t_min": 1.0e-4, "t_max": 100.0}
 LIKELIHOOD = {"t_max": 100.0, "logz_images": 8, "logz_draws": 1}
 
