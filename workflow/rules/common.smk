@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 from image_density import atomic
 from image_density.config import (
@@ -24,6 +24,28 @@ RAW = (
     workflow.config_settings.overwrite_config
     if workflow.overwrite_configfiles
     else config
+)
+
+
+def typed(value):
+    """A `--config` value as a params file's YAML would type it: Snakemake reads a nested one
+    (energy={'train': {'steps': 6}}) with YAML's BaseLoader, which leaves every scalar as text.
+    """
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    return yaml.safe_load(value) if isinstance(value, str) and value else value
+
+
+# top-level values were typed by Snakemake itself (int, float, bool, else text): left as they are
+update_config(
+    RAW,
+    {
+        k: typed(v)
+        for k, v in workflow.config_settings.config.items()
+        if isinstance(v, dict | list)
+    },
 )
 PARAMS_SOURCE = (
     ", ".join(map(str, workflow.overwrite_configfiles)) or "params/demo.yaml"
