@@ -7,6 +7,7 @@ module at the bottom of this file so the registration runs.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,11 @@ def _denoiser_unet(channels: int, **unet_kwargs) -> DenoiserModel:
 
 
 # The UNet's keyword defaults: what a spec written before these options existed was built with.
-_UNET_FIRST = {"layout": "separate", "embedding": "log_t", "norm": "homogeneous"}
+_UNET_FIRST = {
+    k: p.default
+    for k, p in inspect.signature(UNet).parameters.items()
+    if k in ("layout", "embedding", "norm")
+}
 
 
 def network_label(spec: dict[str, Any]) -> str:
