@@ -56,6 +56,7 @@ def transport(rows: list[dict], name: str, model, exact, x: torch.Tensor, train,
     ]  # fmt: skip
     err_a, err_b = (parts[0][i] - parts[1][i] for i in range(2))
     log_t = t_grid.log()
+
     def cumulative(e):
         steps = 0.5 * (e[1:] + e[:-1]) * log_t.diff()
         return torch.cat([e.new_zeros(1), steps.cumsum(0)]) / units.LN2
@@ -89,24 +90,40 @@ def main() -> None:
             out = cfg.results / "models" / name / kind
             start = time.time()
             if not (out / "model.pt").exists():
-                train_from_config(cfg, kind, name, data_dir, out, ckpt_dir=cfg.results / "ckpt" / name / kind,
-                                  progress=False)
+                train_from_config(
+                    cfg,
+                    kind,
+                    name,
+                    data_dir,
+                    out,
+                    ckpt_dir=cfg.results / "ckpt" / name / kind,
+                    progress=False,
+                )
             emit(rows, dataset=name, figure="train_seconds", model=kind, value=time.time() - start)
             models[kind] = load_study_model(cfg, out / "model.pt", data_dir)[0]
         energy = models["energy"]
         x = data.images("test")  # (N, C, H, W)
         nll = -energy.log_p_nats(x).numpy()
         nll_exact = exact.nll_exact(x.double()).numpy()
+
         def to_bits(v, d=data.d):
             return units.nll_bits_per_dim(v, d, quantized=False)
 
         entropy_bits = to_bits(likelihood.gaussian_entropy_nats(exact.eigenvalues))
-        emit(rows, dataset=name, figure="nll_bits_per_dim", model="energy", value=float(to_bits(nll).mean()),
-             exact=float(to_bits(nll_exact).mean()), entropy=float(entropy_bits),
-             error=float(to_bits(nll).mean() - to_bits(nll_exact).mean()),
-             per_image_mae=float(np.abs(to_bits(nll) - to_bits(nll_exact)).mean()),
-             per_image_std=float(to_bits(nll).std()), exact_per_image_std=float(to_bits(nll_exact).std()),
-             per_image_r=float(np.corrcoef(nll, nll_exact)[0, 1]))
+        emit(
+            rows,
+            dataset=name,
+            figure="nll_bits_per_dim",
+            model="energy",
+            value=float(to_bits(nll).mean()),
+            exact=float(to_bits(nll_exact).mean()),
+            entropy=float(entropy_bits),
+            error=float(to_bits(nll).mean() - to_bits(nll_exact).mean()),
+            per_image_mae=float(np.abs(to_bits(nll) - to_bits(nll_exact)).mean()),
+            per_image_std=float(to_bits(nll).std()),
+            exact_per_image_std=float(to_bits(nll_exact).std()),
+            per_image_r=float(np.corrcoef(nll, nll_exact)[0, 1]),
+        )
         gen = torch.Generator().manual_seed(cfg.seed)
         for t_val in WIENER_T:
             t = torch.full((len(x),), t_val)
@@ -116,25 +133,54 @@ def main() -> None:
             for kind, m in models.items():
                 mse = (m.model.denoise(y, t).detach() - x).square().mean().item()
                 psnr[kind] = units.mse_to_psnr(mse)
-                emit(rows, dataset=name, figure="wiener_gap_db", model=kind, t=t_val,
-                     value=10 * np.log10(mse / mse_w), psnr=psnr[kind], psnr_wiener=units.mse_to_psnr(mse_w))
-            emit(rows, dataset=name, figure="parity_db", model="energy-denoiser", t=t_val,
-                 value=psnr["energy"] - psnr["denoiser"])
+                emit(
+                    rows,
+                    dataset=name,
+                    figure="wiener_gap_db",
+                    model=kind,
+                    t=t_val,
+                    value=10 * np.log10(mse / mse_w),
+                    psnr=psnr[kind],
+                    psnr_wiener=units.mse_to_psnr(mse_w),
+                )
+            emit(
+                rows,
+                dataset=name,
+                figure="parity_db",
+                model="energy-denoiser",
+                t=t_val,
+                value=psnr["energy"] - psnr["denoiser"],
+            )
         transport(rows, name, energy.model, exact, x[: TRANSPORT["images"]], cfg.energy.train, cfg.seed)
         spec = cfg.energy.likelihood
         xo = x[: spec.ode_images]
         start = time.time()
-        ode = likelihood.ode_nll(energy.model, xo, cfg.energy.train.t_min, spec.t_max, spec.ode_rtol,
-                                 spec.ode_atol, spec.ode_trace, prior_mean=cfg.datasets[name].mean,
-                                 prior_var=float(exact.eigenvalues.mean()))
+        ode = likelihood.ode_nll(
+            energy.model,
+            xo,
+            cfg.energy.train.t_min,
+            spec.t_max,
+            spec.ode_rtol,
+            spec.ode_atol,
+            spec.ode_trace,
+            prior_mean=cfg.datasets[name].mean,
+            prior_var=float(exact.eigenvalues.mean()),
+        )
         ode_s = time.time() - start
         start = time.time()
         one_pass = -energy.log_p_nats(xo)
         pass_s = time.time() - start
-        emit(rows, dataset=name, figure="ode_vs_energy_bits_per_dim", model="energy",
-             value=float(((ode - one_pass).numpy() / (data.d * units.LN2)).mean()),
-             ode=float(to_bits(ode.numpy()).mean()), energy=float(to_bits(one_pass.numpy()).mean()),
-             ode_images_per_s=len(xo) / ode_s, energy_images_per_s=len(xo) / pass_s)
+        emit(
+            rows,
+            dataset=name,
+            figure="ode_vs_energy_bits_per_dim",
+            model="energy",
+            value=float(((ode - one_pass).numpy() / (data.d * units.LN2)).mean()),
+            ode=float(to_bits(ode.numpy()).mean()),
+            energy=float(to_bits(one_pass.numpy()).mean()),
+            ode_images_per_s=len(xo) / ode_s,
+            energy_images_per_s=len(xo) / pass_s,
+        )
     out = cfg.results / "tables" / "ground_truth.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out, index=False)

@@ -25,7 +25,7 @@ from image_density import units
 from image_density.config import load_config
 from image_density.data import load_prepared, prepare_dataset
 from image_density.models.gaussian import GaussianEnergy
-from image_density.multiscale_train import net_name, train_scale_from_config
+from image_density.multiscale.train import net_name, train_scale_from_config
 from image_density.studies.multiscale import load_scale_models, multiscale_nll, training_lowpasses
 
 

@@ -16,7 +16,7 @@ import torch
 
 from image_density.config import GaussianFieldData
 from image_density.data.gaussian_field import GaussianField
-from image_density.wavelets import dwt
+from image_density.multiscale.wavelets import dwt
 
 
 def field_covariance(eigenvalues: np.ndarray) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Trained energies against ground truth they have never seen: Gaussians with an exact NLL.
 
 Unlike the unit tests of losses and likelihoods (exact models plugged in), these train a network through
-the real code (train.train_from_config, multiscale_train, the CLI) for a few hundred steps and check its
+the real code (train.train_from_config, multiscale.train, the CLI) for a few hundred steps and check its
 NLL against the exact one, so a regression anywhere between the loss and the reported bits/dim fails CI.
 """
 
@@ -18,7 +18,7 @@ from image_density import cli, units
 from image_density.config import load_config
 from image_density.data import load_prepared, prepare_dataset
 from image_density.models.gaussian import GaussianEnergy
-from image_density.multiscale_train import train_scale_from_config
+from image_density.multiscale.train import train_scale_from_config
 from image_density.studies.multiscale import load_scale_models, multiscale_nll, training_lowpasses
 from image_density.studies.nll import load_study_model
 from image_density.tables import read_rows
@@ -70,7 +70,7 @@ def test_trained_energy_nll_matches_the_exact_entropy(tmp_path):
 def test_trained_multiscale_energies_nll_matches_the_exact_entropy(tmp_path):
     """The multi-scale energies (multiscale.energy, energy_form 'gaussian'), J = 1 on the 8x8 field:
     the CNN low-pass energy of x_J (4x4) and the conditional energy of d_0 | x_1 (RF 3), 400 steps each
-    through multiscale_train (about 15 s on one core); log p(x_J) + log p(d_0 | x_1) within TOL bits/dim
+    through multiscale.train (about 15 s on one core); log p(x_J) + log p(d_0 | x_1) within TOL bits/dim
     of the exact NLL.
 
     Measured (this config, one thread): error +0.034 bits/dim, per-image MAE 0.039, r 0.965 (800

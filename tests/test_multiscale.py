@@ -12,8 +12,13 @@ from image_density.data.gaussian_field import GaussianField
 from image_density.losses import conditional_denoiser_loss, noise_prediction_loss, sample_quadratic_sigma
 from image_density.models.cnn import BlindCNN, ConditionalCNN
 from image_density.models.gaussian import GaussianEnergy
-from image_density.multiscale import band_max, denoiser_objective, multiscale_denoise, multiscale_log_prob
-from image_density.wavelets import decompose, pyramid
+from image_density.multiscale.conditional import (
+    band_max,
+    denoiser_objective,
+    multiscale_denoise,
+    multiscale_log_prob,
+)
+from image_density.multiscale.wavelets import decompose, pyramid
 
 N = 16
 

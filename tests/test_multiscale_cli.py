@@ -15,9 +15,9 @@ from image_density.checkpoint import load_model
 from image_density.config import ConfigError, load_config, validate_config
 from image_density.models.cnn import BlindCNN, ConditionalCNN
 from image_density.models.local_energy import LocalEnergyCNN, LocalEnergyModel
-from image_density.multiscale_train import parse_scale, plan_scale
+from image_density.multiscale.train import parse_scale, plan_scale
+from image_density.multiscale.wavelets import decompose
 from image_density.studies.multiscale import lowpass_only, write_png_grid
-from image_density.wavelets import decompose
 
 TRAIN = {"steps": 2, "batch": 4, "ckpt_every": 1, "log_every": 1}
 PARAMS = {
@@ -227,7 +227,7 @@ def test_epoch_schedule_is_the_releases_per_scale():
     # training.py: num_epochs = 500 * 4^j, lr halved every 50 * 4^j epochs; the low-pass is trained
     # on the coefficients of scale J - 1, the flat network on images (j = 0)
     from image_density.config import load_config
-    from image_density.multiscale_train import epoch_train_spec, plan_scale
+    from image_density.multiscale.train import epoch_train_spec, plan_scale
 
     cfg = load_config("params/paper.yaml")
     n_train, batch = 162_770, cfg.multiscale.train.batch  # CelebA's train partition

@@ -13,14 +13,14 @@ from image_density import likelihood
 from image_density.models import build_model
 from image_density.models.gaussian import GaussianEnergy
 from image_density.models.local_energy import LocalEnergyCNN
-from image_density.multiscale import (
+from image_density.multiscale.conditional import (
     energy_objective,
     multiscale_log_prob,
     normalized_conditional,
     normalized_lowpass,
 )
+from image_density.multiscale.wavelets import pyramid
 from image_density.train import ImageSource, train
-from image_density.wavelets import pyramid
 
 N, LEVELS, T_MAX = 16, 2, 1e4
 

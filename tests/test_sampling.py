@@ -12,8 +12,15 @@ from image_density.config import ConfigError, SamplerSpec, load_config, validate
 from image_density.data.gaussian_field import GaussianField
 from image_density.models.cnn import BlindCNN, ConditionalCNN
 from image_density.models.gaussian import GaussianEnergy
-from image_density.sampling import STATUSES, ascent, blind_denoise, ml_noise_level, super_resolve, synthesize
-from image_density.wavelets import decompose, release_scale
+from image_density.multiscale.sampling import (
+    STATUSES,
+    ascent,
+    blind_denoise,
+    ml_noise_level,
+    super_resolve,
+    synthesize,
+)
+from image_density.multiscale.wavelets import decompose, release_scale
 
 N, LEVELS, SAMPLES = 16, 2, 512
 T_RANGE = (1e-8, 1e2)

@@ -5,7 +5,7 @@ import pytest
 import pywt
 import torch
 
-from image_density import wavelets
+from image_density.multiscale import wavelets
 
 
 @pytest.mark.filterwarnings("ignore:Level value of")  # pywt: "boundary effects" at small sizes

@@ -308,7 +308,7 @@ def _add_train_scale(sub) -> None:
 
 
 def _train_scale(args) -> None:
-    from image_density.multiscale_train import parse_scale, train_scale_from_config
+    from image_density.multiscale.train import parse_scale, train_scale_from_config
 
     cfg = load_config(args.config)
     scale = parse_scale(args.scale)

@@ -347,8 +347,8 @@ class CNNSpec(Strict):
 
 class SamplerSpec(Strict):
     """Stochastic coarse-to-fine ascent (Kadkhodaie & Simoncelli 2021) as the LPM release runs it
-    (sampling.py). Every band starts from zero-mean noise of std sigma_0 and the divergence guard and
-    low-pass range are in the release's (averaging) units, converted to the transform's once
+    (multiscale/sampling.py). Every band starts from zero-mean noise of std sigma_0 and the divergence
+    guard and low-pass range are in the release's (averaging) units, converted to the transform's once
     (wavelets.release_scale); the stop rule is relative, so it needs no conversion."""
 
     h0: PositiveFloat = 0.01
@@ -382,7 +382,7 @@ class SamplerSpec(Strict):
 
 class MultiscaleEnergySpec(Strict):
     """Beyond both papers: normalized energies per scale, trained by dual score matching
-    (multiscale_train.py): an energy on the coarsest low-pass x_J, and per scale j and RF a conditional
+    (multiscale/train.py): an energy on the coarsest low-pass x_J, and per scale j and RF a conditional
     energy U(d | x_j, t) = 1/2 <d, f(d, t | x_j)> (+ b(t)) whose network is the RF-limited CNN of
     `cnn` (models/local_energy.py). log p(x) = log p(x_J) + sum_j log p(d_j | x_j), each normalized at
     likelihood.t_max."""
@@ -425,7 +425,8 @@ class MultiscaleSpec(Strict):
     # J per dataset, e.g. {celeba160: 2, celeba320: 3}; one number is shorthand for every dataset
     levels: dict[Name, Levels] = Field(2, validate_default=True)
     wavelet: str = "haar"  # any orthogonal pywt wavelet, periodic boundaries
-    # "orthonormal": unit Jacobian; "average": the release's (low-pass stays in [0, 1]), see wavelets.py
+    # "orthonormal": unit Jacobian; "average": the release's (low-pass stays in [0, 1]);
+    # see multiscale/wavelets.py
     normalization: Literal["orthonormal", "average"] = "orthonormal"
     rf: list[PositiveInt] = [5, 9, 13, 23, 43]
     cnn: CNNSpec = CNNSpec()

@@ -469,7 +469,7 @@ def train_from_config(
     from image_density.losses import denoiser_loss, dual_score_loss
     from image_density.models import build_model, unet_model_spec
     from image_density.models.energy import gaussian_stats
-    from image_density.multiscale_train import STATS_IMAGES
+    from image_density.multiscale.train import STATS_IMAGES
 
     if model not in MODELS:
         raise ConfigError(f"--model must be one of {sorted(MODELS)}, got {model!r}")

@@ -22,7 +22,7 @@ import torch
 from scipy import stats
 
 from image_density import units
-from image_density.wavelets import decompose
+from image_density.multiscale.wavelets import decompose
 
 # Paper 1, ImageNet64 grayscale test images, log p in dB/dim (Gumbel: scipy.stats.gumbel_r).
 PAPER_CONTENT = {"mean": 11.43, "median": 10.67, "std": 4.17, "gumbel_loc": 9.57, "gumbel_scale": 3.17}

@@ -30,16 +30,16 @@ from image_density import likelihood, units
 from image_density.checkpoint import load_model
 from image_density.config import Config, ConfigError, LikelihoodSpec, SamplerSpec
 from image_density.data import Prepared, load_prepared
-from image_density.multiscale import (
+from image_density.multiscale.conditional import (
     multiscale_denoise,
     multiscale_log_prob,
     normalized_conditional,
     normalized_lowpass,
 )
-from image_density.multiscale_train import net_name
-from image_density.sampling import super_resolve, synthesize, trace_rows
+from image_density.multiscale.sampling import super_resolve, synthesize, trace_rows
+from image_density.multiscale.train import net_name
+from image_density.multiscale.wavelets import decompose, reconstruct
 from image_density.studies.nll import exact_bits_per_dim
-from image_density.wavelets import decompose, reconstruct
 
 # Paper 2, flat CelebA-160 grayscale denoisers: RF -> output PSNR (dB) at the noise stds PAPER_SIGMAS.
 PAPER_SIGMAS = [20.0, 40.0, 60.0, 100.0]
@@ -80,7 +80,7 @@ class ScaleModels:
     lowpass: nn.Module | None = None
     conditionals: dict[int, dict[int, nn.Module]] = field(default_factory=dict)  # rf -> j -> model
     flat: dict[int, nn.Module] = field(default_factory=dict)  # rf -> model
-    infos: dict[str, dict] = field(default_factory=dict)  # multiscale_train.net_name -> file entries
+    infos: dict[str, dict] = field(default_factory=dict)  # multiscale.train.net_name -> file entries
 
     def info(self, scale: str | int, rf: int | None) -> dict:
         """The model file's entries of one network (model_spec, train_spec, meta, ...)."""

@@ -27,9 +27,9 @@ from image_density.data import Prepared, load_prepared
 from image_density.models import build_model, unet_model_spec
 from image_density.models.cnn import cnn_model_spec
 from image_density.models.energy import gaussian_stats
-from image_density.multiscale import band_max, denoiser_objective, energy_objective
+from image_density.multiscale.conditional import band_max, denoiser_objective, energy_objective
+from image_density.multiscale.wavelets import pyramid
 from image_density.train import ImageSource, TrainResult, train
-from image_density.wavelets import pyramid
 
 Family = Literal["denoiser", "energy"]
 FAMILIES = ("denoiser", "energy")

@@ -22,7 +22,7 @@ from image_density.losses import (
     noise_prediction_loss,
     sample_quadratic_sigma,
 )
-from image_density.wavelets import Normalization, decompose, idwt, log_det_jacobian, pyramid
+from image_density.multiscale.wavelets import Normalization, decompose, idwt, log_det_jacobian, pyramid
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

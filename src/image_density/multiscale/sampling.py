@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from image_density.config import SamplerSpec
-from image_density.multiscale import ConditionalDenoiser, Denoiser
-from image_density.wavelets import Normalization, idwt, release_scale
+from image_density.multiscale.conditional import ConditionalDenoiser, Denoiser
+from image_density.multiscale.wavelets import Normalization, idwt, release_scale
 
 
 def ml_noise_level(
