@@ -30,7 +30,7 @@ import torch
 from image_density.config import load_config
 from image_density.data import load_prepared, prepare_dataset
 from image_density.figures import make_figure
-from image_density.multiscale.train import net_name, train_scale_from_config
+from image_density.multiscale.train import Net, train_scale_from_config
 from image_density.studies.multiscale import (
     denoising_table,
     first_images,
@@ -88,7 +88,7 @@ def main() -> None:
     ]
     paths, seconds = [], []
     for scale, rf in nets:
-        net = net_name("denoiser", scale, rf)
+        net = Net("denoiser", scale, rf).name
         out = cfg.results / "models" / name / net
         start = time.time()
         if not (out / "model.pt").exists():

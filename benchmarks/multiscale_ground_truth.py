@@ -25,7 +25,7 @@ from image_density import units
 from image_density.config import load_config
 from image_density.data import load_prepared, prepare_dataset
 from image_density.models.gaussian import GaussianEnergy
-from image_density.multiscale.train import net_name, train_scale_from_config
+from image_density.multiscale.train import Net, train_scale_from_config
 from image_density.studies.multiscale import load_scale_models, multiscale_nll, training_lowpasses
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         nets = [("lowpass", None)] + [(j, rf) for rf in m.rf for j in range(m.levels_of(name))]
         paths = []
         for scale, rf in nets:
-            net = net_name("energy", scale, rf)
+            net = Net("energy", scale, rf).name
             out = cfg.results / "models" / name / net
             start = time.time()
             if not (out / "model.pt").exists():

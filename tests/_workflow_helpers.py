@@ -12,22 +12,29 @@ BIN = Path(sys.executable).parent  # snakemake, snakefmt and image-density live 
 TINY = ROOT / "tests" / "params_tiny.yaml"
 
 
-def env() -> dict[str, str]:
-    """The rules call `image-density` by name: put this venv first on PATH (jobs inherit it). The
-    tracking jobs log to sqlite:///mlflow.db in the working directory, never to the user's
-    $MLFLOW_TRACKING_URI."""
+def env(first_on_path: Path | None = None) -> dict[str, str]:
+    """The rules call `image-density` by name: put this venv first on PATH (jobs inherit it), after
+    `first_on_path` if given (a stand-in `image-density`). The tracking jobs log to
+    sqlite:///mlflow.db in the working directory, never to the user's $MLFLOW_TRACKING_URI."""
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return {**base, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(str(p) for p in (first_on_path, BIN) if p)
+    return {**base, "PATH": f"{path}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
 
 
 def snakemake(
-    *args: str, workdir: Path, timeout: float = 120, cwd: Path = ROOT
+    *args: str, workdir: Path, timeout: float = 120, cwd: Path = ROOT, first_on_path: Path | None = None
 ) -> subprocess.CompletedProcess:
     """`snakemake -s ROOT/Snakefile --directory WORKDIR ARGS` from `cwd` (the repo root, so that
     `--profile slurm` resolves as it does for a user); output in .stdout (stderr merged)."""
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
     return subprocess.run(
-        cmd, cwd=cwd, env=env(), timeout=timeout, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cmd,
+        cwd=cwd,
+        env=env(first_on_path),
+        timeout=timeout,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 

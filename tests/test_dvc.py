@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from _workflow_helpers import BIN, ROOT, TINY, env
+from image_density import jobs
 
 pytestmark = pytest.mark.workflow
 
@@ -58,6 +59,26 @@ def copy_tree(dest: Path, *extra: str) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     return dest
+
+
+# the job kinds (jobs.JOBS) each stage's Snakemake targets run
+STAGE_JOBS = {
+    "data": ["prepare_data"],
+    "energy": ["train", "train_generalization"],
+    "evaluate": ["nll"],
+    "multiscale": [j for j in jobs.JOBS if j.startswith(("train_scale_", "multiscale_"))],
+    "studies": [j for j in jobs.JOBS if j.startswith("study_")],
+}
+
+
+def test_stage_params_cover_what_their_jobs_read():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    staged = [kind for kinds in STAGE_JOBS.values() for kind in kinds]
+    assert sorted(staged) == sorted(jobs.JOBS), "every job kind in exactly one stage"
+    for stage, kinds in STAGE_JOBS.items():
+        (listed,) = [sections for entry in stages[stage]["params"] for sections in entry.values()]
+        read = {k[0] for kind in kinds for k in jobs.keys(kind, "any", checks=True)}
+        assert read <= set(listed), f"stage {stage} reads {sorted(read - set(listed))} not in its params"
 
 
 @pytest.fixture(scope="module")

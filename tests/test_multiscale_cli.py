@@ -15,7 +15,8 @@ from image_density.checkpoint import load_model
 from image_density.config import ConfigError, load_config, validate_config
 from image_density.models.cnn import BlindCNN, ConditionalCNN
 from image_density.models.local_energy import LocalEnergyCNN, LocalEnergyModel
-from image_density.multiscale.train import parse_scale, plan_scale
+from image_density.multiscale.nets import Net, parse_scale
+from image_density.multiscale.train import plan_scale
 from image_density.multiscale.wavelets import decompose
 from image_density.studies.multiscale import lowpass_only, write_png_grid
 
@@ -169,6 +170,25 @@ def test_plan_refusals_name_the_option(project):
     no_energy = validate_config({**PARAMS, "multiscale": {**PARAMS["multiscale"], "energy": None}})
     with pytest.raises(ConfigError, match="multiscale.energy"):
         plan_scale(no_energy, "field", "energy", 0, 3)
+
+
+@pytest.mark.parametrize(("net", "folder"), [
+    (Net("denoiser", "lowpass"), "lowpass"),
+    (Net("denoiser", "flat", 9), "flat-rf9"),
+    (Net("energy", 2, 13), "2-rf13"),
+])  # fmt: skip
+def test_a_network_and_its_folder_round_trip(net, folder):
+    assert net.folder == folder and Net.parse(net.family, folder) == net
+    assert net.name == f"{net.family}-{folder}"  # its meta and MLflow name
+    # the options `train-scale` takes for it plan that same network
+    opts = net.cli_args.split()
+    assert parse_scale(opts[1]) == net.scale and (int(opts[3]) if len(opts) > 2 else None) == net.rf
+
+
+@pytest.mark.parametrize("folder", ["lowpass-rf3", "flat", "0-rf", "x-rf3", "0_rf3"])
+def test_a_folder_that_is_no_network_is_refused(folder):
+    with pytest.raises(ConfigError, match="no multi-scale network folder"):
+        Net.parse("denoiser", folder)
 
 
 def test_levels_per_dataset():

@@ -217,7 +217,7 @@ def test_profile_scales_runtime_and_signals_trainings(monkeypatch):
     for rule, values in resources.items():
         runtime = str(values["runtime"])
         assert eval(runtime, {"attempt": 2}) > eval(runtime, {"attempt": 1}), rule
-    for rule in ("train", "train_generalization", "train_scale", "train_scale_lowpass"):
+    for rule in ("train", "train_generalization", "train_scale"):
         assert "--signal=TERM@" in resources[rule]["slurm_extra"], rule
     monkeypatch.setenv("IMAGE_DENSITY_CPU_PARTITION", "cpu")
     monkeypatch.setenv("IMAGE_DENSITY_GPU_PARTITION", "gpu")

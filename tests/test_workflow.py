@@ -127,6 +127,13 @@ def test_lint_is_clean(tmp_path):
     assert res.returncode == 0 and "Congratulations" in res.stdout, res.stdout
 
 
+@pytest.mark.parametrize("check", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_ruff_is_clean(check):
+    # pinned in pyproject.toml: another ruff version formats differently
+    res = subprocess.run([str(BIN / "ruff"), *check, str(ROOT)], timeout=60, text=True, capture_output=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_snakefmt_is_clean():
     files = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
     res = subprocess.run(

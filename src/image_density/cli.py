@@ -11,8 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from image_density import atomic
+from image_density import atomic, jobs
 from image_density.config import ConfigError, load_config, write_schema
+from image_density.studies.registry import STUDIES
 
 # figures.FIGURES' keys, here so that --help does not import matplotlib (test_figures checks they agree)
 FIGURE_NAMES = ("nll", "denoising", "generalization", "dimensionality", "content", "toy",
@@ -238,10 +239,12 @@ def _live_run(args, ckpt_dir: Path):
     out = args.out.resolve()
     models = (cfg.results / "models").resolve()
     name = "/".join(out.relative_to(models).parts) if out.is_relative_to(models) else str(args.out)
-    tree = cfg.model_dump(mode="json")
-    tags = {**tracking.git_tags(), "config_sha256": tracking.config_sha256(tree)}
+    # the params of what this training reads (jobs.JOBS), as the workflow's tracking logs them
+    job = jobs.training_job(args.command, args.model, getattr(args, "subset", None))
+    params = jobs.settings(job, cfg.model_dump(mode="json"), args.dataset)
+    tags = {**tracking.git_tags(), "config_sha256": tracking.config_sha256(params)}
     return tracking.LiveRun(ckpt_dir / LIVE_METRICS, ckpt_dir / "mlflow_run.json", "training", name,
-                            params=tree, tags=tags, every_s=args.live_every)  # fmt: skip
+                            params=params, tags=tags, every_s=args.live_every)  # fmt: skip
 
 
 def _run_training(command: str, run, args) -> None:
@@ -308,7 +311,8 @@ def _add_train_scale(sub) -> None:
 
 
 def _train_scale(args) -> None:
-    from image_density.multiscale.train import parse_scale, train_scale_from_config
+    from image_density.multiscale.nets import parse_scale
+    from image_density.multiscale.train import train_scale_from_config
 
     cfg = load_config(args.config)
     scale = parse_scale(args.scale)
@@ -582,14 +586,10 @@ def _add_study(sub) -> None:
     p = sub.add_parser(
         "study",
         help="run one of paper 1's studies -> a tidy table (and companions beside it)",
-        description="nll: the `nll` table + exact NLL, best-Gaussian and uniform baselines, paper values; "
-        "denoising: output vs input PSNR (Table 1); generalization: log p_A vs log p_B per N (writes "
-        "OUT and OUT_summary.csv); dimensionality: d_eff and E log p_t vs t; content: log p vs content "
-        "of test images (writes OUT, OUT_summary.csv, OUT_extremes.npy, OUT_affine.csv); toy: single "
-        "vs dual score matching on a Gaussian scale mixture, no models or data (writes OUT and "
-        "OUT_summary.csv, the per-mode levels). Settings: `studies:` params.",
+        description="; ".join(f"{name}: {study.help}" for name, study in STUDIES.items())
+        + ". Companions are written beside OUT (OUT_summary.csv, ...). Settings: `studies:` params.",
     )
-    p.add_argument("name", choices=["nll", "denoising", "generalization", "dimensionality", "content", "toy"])
+    p.add_argument("name", choices=list(STUDIES))
     p.add_argument("--config", type=Path, required=True)
     p.add_argument(
         "--models",

@@ -1,5 +1,4 @@
 # Params and target lists shared by every rules file; no rules here (snakemake --lint).
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -8,14 +7,11 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
-from image_density import atomic
-from image_density.config import (
-    RESUMABLE_CHANGES,
-    ConfigError,
-    read_params,
-    validate_config,
-)
-from image_density.tracking import subtree
+from image_density import atomic, jobs
+from image_density.config import ConfigError, read_params, validate_config
+from image_density.multiscale.nets import Net
+from image_density.studies import registry
+from image_density.studies.registry import STUDIES
 
 # A `--configfile` replaces params/demo.yaml rather than being merged into it (Snakemake's default
 # merge would mix demo keys into e.g. a paper run). Decided from the command line, not from
@@ -90,36 +86,29 @@ wildcard_constraints:
     split="train|test",
 
 
-def spec(model, *fields):
-    """A rule's `params: spec=`: the settings a job depends on (all of `model`, or its `fields`;
-    defaults included), so that editing them, and only them, reruns the job (Snakemake's `params`
-    rerun trigger)."""
-    return model.model_dump_json(include=set(fields) or None)
+def _job(job, w):
+    return job(w) if callable(job) else job
 
 
-def _resume_relevant(tree):
-    """A dumped settings tree without the keys a resumed run may change (train steps, intervals)."""
-    if isinstance(tree, dict):
-        return {
-            k: _resume_relevant(v)
-            for k, v in tree.items()
-            if k not in RESUMABLE_CHANGES
-        }
-    return tree
+def trigger(job):
+    """A rule's `params: spec=`: the settings job kind `job` (jobs.JOBS, or a function of the
+    wildcards naming one) reads, so that editing them, and only them, reruns the job (Snakemake's
+    `params` rerun trigger)."""
+    return lambda w: jobs.trigger(_job(job, w), config, w.get("dataset"))
 
 
-def ckpt_dir(path, *settings):
-    """<results>/checkpoints/<path>/<key>: one training's resumable state, in a folder keyed by the
-    settings a checkpoint must share with the run resuming it (`settings`: config models or plain
-    values, minus checkpoint's RESUMABLE_CHANGES). A rerun after preemption, or with more steps,
-    finds the same folder and resumes; a changed lr or UNet trains afresh in a new folder and the old
-    state stays on disk (train.py refuses to mix two trainings in one folder)."""
-    tree = [
-        _resume_relevant(s.model_dump(mode="json") if hasattr(s, "model_dump") else s)
-        for s in (CFG.seed, *settings)
-    ]
-    key = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{R}/checkpoints/{path}/{key}"
+def ckpt_dir(job, path):
+    """<results>/checkpoints/<path>/<key>: one training's resumable state (`path` formatted with the
+    wildcards), in a folder keyed by what the training reads but a resumed run may change
+    (jobs.checkpoint_key). A rerun after preemption, or with more steps, finds the same folder and
+    resumes; a changed lr or UNet trains afresh in a new folder and the old state stays on disk
+    (train.py refuses to mix two trainings in one folder)."""
+
+    def folder(w):
+        key = jobs.checkpoint_key(_job(job, w), config, w.get("dataset"))
+        return f"{R}/checkpoints/{path.format(**dict(w.items()))}/{key}"
+
+    return folder
 
 
 def data_files(dataset):
@@ -156,7 +145,7 @@ def retry_attempt(wildcards, attempt):
 
 
 # multiscale.smk: a network lives in <results>/models/multiscale/<dataset>/<family>/<net>/,
-# net = lowpass, <j>-rf<R> or flat-rf<R>
+# net = Net.folder: lowpass, <j>-rf<R> or flat-rf<R>
 MS = CFG.multiscale
 
 
@@ -170,12 +159,12 @@ def ms_nets(dataset, family, rfs=None, flat=True):
     if MS is None or (family == "energy" and MS.energy is None):
         return []
     rfs = MS.rf if rfs is None else rfs
-    nets = ["lowpass"] + [
-        f"{j}-rf{rf}" for rf in rfs for j in range(MS.levels_of(dataset))
-    ]
-    return nets + (
-        [f"flat-rf{rf}" for rf in rfs] if flat and family == "denoiser" else []
+    nets = [Net(family, "lowpass")]
+    nets += [Net(family, j, rf) for rf in rfs for j in range(MS.levels_of(dataset))]
+    nets += (
+        [Net(family, "flat", rf) for rf in rfs] if flat and family == "denoiser" else []
     )
+    return [net.folder for net in nets]
 
 
 def ms_models(dataset, family, rfs=None, flat=True):
@@ -184,30 +173,9 @@ def ms_models(dataset, family, rfs=None, flat=True):
     ]
 
 
-def ms_sections(family):
-    """The fields of multiscale: a network of `family` depends on (dotted, below multiscale:), besides
-    its dataset's J: one list for the rerun trigger, the checkpoint key and the MLflow params.
-    """
-    own = ["train", "epochs", "intensity_scaling", "noise_grid"]
-    if family == "energy":
-        own = [
-            f"energy.{k}"
-            for k in sorted(set(type(MS.energy).model_fields) - {"likelihood"})
-        ]
-    return [*own, "cnn", "wavelet", "normalization"]
-
-
-def ms_settings(wildcards):
-    """ms_sections' values and the dataset's J, for ckpt_dir and ms_train_spec."""
-    values = [
-        subtree(config["multiscale"], path) for path in ms_sections(wildcards.family)
-    ]
-    return [*values, MS.levels_of(wildcards.dataset)]
-
-
-def ms_train_spec(wildcards):
-    """The settings a network depends on (Snakemake's `params` rerun trigger)."""
-    return json.dumps(ms_settings(wildcards), sort_keys=True)
+def ms_job(w):
+    """The job kind of a multi-scale training (jobs.JOBS)."""
+    return f"train_scale_{w.family}"
 
 
 def ms_outputs(pattern, rf=True):
@@ -226,10 +194,12 @@ ENERGY_DATASETS = CFG.energy.datasets if CFG.energy else []
 GEN = CFG.generalization
 
 
-def study_spec(name):
-    """The settings a study job depends on: its `studies:` section, the batch (it orders the noise
-    draws) and the seed of its randomness."""
-    return f"{spec(CFG.studies, 'batch', name)} seed={CFG.seed}"
+def study_outputs(name, dataset=None):
+    """A study rule's outputs (studies.registry): `table`, then each companion by its suffix's stem
+    (_summary.csv -> summary)."""
+    files = [f"{R}/tables/{f}" for f in registry.outputs(name, dataset)]
+    keys = ["table"] + [c.strip("_").split(".")[0] for c in STUDIES[name].companions]
+    return dict(zip(keys, files))
 
 
 def one_of(names):
@@ -251,18 +221,18 @@ def data_dir(dataset):
     return str(Path(data_files(dataset)["meta"]).parent)
 
 
-def dataset_section(dataset):
-    """The params of one dataset, as key parts: a dataset's name may hold dots."""
-    return ["datasets", dataset]
+def job_keys(job, dataset=None):
+    """The params job kind `job` reads (jobs.JOBS), as key parts: a dataset's name may hold dots."""
+    return [list(k) for k in jobs.keys(job, dataset)]
 
 
-def model_run(experiment, name, folder, dataset, sections, params):
-    """A trained model in `folder`: its config sections (and the dataset's), the curves of its
+def model_run(experiment, name, folder, dataset, job, params):
+    """A trained model in `folder`: the params its job reads and its dataset's, the curves of its
     metrics.jsonl, the dataset's sha256 as tags."""
     return track_run(
         experiment,
         name,
-        sections=[*sections, dataset_section(dataset), "seed"],
+        sections=[*job_keys(job, dataset), ["datasets", dataset]],
         params=params,
         curves=f"{folder}/metrics.jsonl",
         datasets=[data_dir(dataset)],
@@ -270,18 +240,14 @@ def model_run(experiment, name, folder, dataset, sections, params):
 
 
 def energy_runs():
-    sections = ["energy.unet", "energy.train"]
     return [
-        model_run(
-            "energy", f"{d}-{m}", f"{R}/models/{m}/{d}", d, sections, {"model": m}
-        )
+        model_run("energy", f"{d}-{m}", f"{R}/models/{m}/{d}", d, "train", {"model": m})
         for d in ENERGY_DATASETS
         for m in ("energy", "denoiser")
     ]
 
 
 def generalization_runs():
-    sections = ["generalization.unet", "generalization.train"]
     d = GEN.dataset
     return [
         model_run(
@@ -289,7 +255,7 @@ def generalization_runs():
             f"{d}-{s}{n}",
             f"{R}/models/generalization/{d}/{s}{n}",
             d,
-            sections,
+            "train_generalization",
             {"model": "energy", "subset": s, "n": n},
         )
         for n in GEN.n
@@ -298,7 +264,7 @@ def generalization_runs():
 
 
 def multiscale_runs():
-    """One run per network, with ms_sections and its J."""
+    """One run per network (Net: family, scale, rf)."""
     families = ["denoiser"] + (["energy"] if MS.energy is not None else [])
     return [
         model_run(
@@ -306,10 +272,7 @@ def multiscale_runs():
             f"{d}-{family}-{net}",
             f"{R}/models/multiscale/{d}/{family}/{net}",
             d,
-            [
-                *(f"multiscale.{p}" for p in ms_sections(family)),
-                ["multiscale", "levels", d],
-            ],
+            f"train_scale_{family}",
             {"family": family, "net": net},
         )
         for d in MS.datasets
@@ -318,98 +281,59 @@ def multiscale_runs():
     ]
 
 
-def eval_run(experiment, name, key=None, **files):
-    """An evaluation; `key`: its section of metrics.json as final metrics ([]: all of it)."""
+def eval_run(experiment, name, key=None, job=None, dataset=None, **files):
+    """An evaluation; `key`: its section of metrics.json as final metrics ([]: all of it); `job`:
+    the job kind whose params it logs."""
     metrics = f"{R}/metrics.json" if key is not None else None
-    return track_run(experiment, name, metrics=metrics, metrics_key=key, **files)
+    sections = job_keys(job, dataset) if job else None
+    return track_run(
+        experiment, name, metrics=metrics, metrics_key=key, sections=sections, **files
+    )
 
 
-def study_sections(name):
-    return [f"studies.{name}", "studies.batch", "seed"]
+def study_run(name, dataset=None):
+    """A study of studies.registry: its tables, figure (PNG) and section of metrics.json."""
+    study = STUDIES[name]
+    key = ([name, dataset] if study.per_dataset else [name]) if study.metrics else None
+    return eval_run(
+        name,
+        dataset or "study",
+        key,
+        job=f"study_{name}",
+        tables=[
+            f"{R}/tables/{f}"
+            for f in registry.outputs(name, dataset)
+            if f.endswith(".csv")
+        ],
+        figures=(
+            [f"{R}/figures/{registry.figure_stem(name, dataset)}.png"]
+            if study.figure
+            else []
+        ),
+    )
 
 
 def study_runs():
-    """The evaluations: per study its tables, figures (PNG) and section of metrics.json."""
-    tables, figures, ms = f"{R}/tables", f"{R}/figures", f"{R}/multiscale"
-    runs = [
-        eval_run(
-            "toy",
-            "study",
-            ["toy"],
-            sections=study_sections("toy"),
-            tables=[f"{tables}/toy.csv", f"{tables}/toy_summary.csv"],
-            figures=[f"{figures}/toy.png"],
-        ),
-        eval_run("metrics", "headline", [], artifacts=[f"{R}/metrics.json"]),
-    ]
+    """The evaluations: per study (studies.registry) and per paper-2 evaluation its tables, figures
+    (PNG), section of metrics.json and the params its job reads."""
+    ms = f"{R}/multiscale"
+    runs = [eval_run("metrics", "headline", [], artifacts=[f"{R}/metrics.json"])]
+    for name, study in STUDIES.items():
+        wanted = {"energy": CFG.energy, "generalization": GEN, None: True}[
+            study.section
+        ]
+        if wanted:
+            datasets = ENERGY_DATASETS if study.per_dataset else [None]
+            runs += [study_run(name, d) for d in datasets]
     for d in ENERGY_DATASETS:
         runs.append(
             eval_run(
                 "nll",
                 d,
                 ["nll", d],
-                sections=["energy.likelihood", dataset_section(d)],
+                job="nll",
                 tables=[f"{R}/nll/{d}/test.csv", f"{R}/nll/{d}/test.per_image.csv"],
                 datasets=[data_dir(d)],
-            )
-        )
-    if CFG.energy:
-        runs.append(
-            eval_run(
-                "nll",
-                "study",
-                ["nll"],
-                sections=study_sections("nll"),
-                tables=[f"{tables}/nll.csv", f"{tables}/nll_study.csv"],
-                figures=[f"{figures}/nll.png"],
-            )
-        )
-        runs.append(
-            eval_run(
-                "denoising",
-                "study",
-                ["denoising"],
-                sections=study_sections("denoising"),
-                tables=[f"{tables}/denoising.csv"],
-                figures=[f"{figures}/denoising.png"],
-            )
-        )
-    for d in ENERGY_DATASETS:
-        runs.append(
-            eval_run(
-                "dimensionality",
-                d,
-                sections=study_sections("dimensionality"),
-                tables=[f"{tables}/dimensionality_{d}.csv"],
-                figures=[f"{figures}/dimensionality_{d}.png"],
-            )
-        )
-        runs.append(
-            eval_run(
-                "content",
-                d,
-                ["content", d],
-                sections=study_sections("content"),
-                tables=[
-                    f"{tables}/content_{d}.csv",
-                    f"{tables}/content_{d}_summary.csv",
-                    f"{tables}/content_{d}_affine.csv",
-                ],
-                figures=[f"{figures}/content_{d}.png"],
-            )
-        )
-    if GEN:
-        runs.append(
-            eval_run(
-                "generalization",
-                "study",
-                ["generalization"],
-                sections=study_sections("generalization"),
-                tables=[
-                    f"{tables}/generalization.csv",
-                    f"{tables}/generalization_summary.csv",
-                ],
-                figures=[f"{figures}/generalization.png"],
             )
         )
     if MS:
@@ -418,11 +342,11 @@ def study_runs():
                 "multiscale_denoising",
                 "study",
                 ["multiscale_denoising"],
-                sections=["multiscale.sigmas", "multiscale.eval_images", "seed"],
-                tables=[f"{tables}/multiscale_denoising.csv"],
+                job="multiscale_denoise",
+                tables=[f"{R}/tables/multiscale_denoising.csv"],
                 figures=[
-                    f"{figures}/multiscale_denoising.png",
-                    f"{figures}/rf_ablation.png",
+                    f"{R}/figures/multiscale_denoising.png",
+                    f"{R}/figures/rf_ablation.png",
                 ],
             )
         )
@@ -431,7 +355,7 @@ def study_runs():
             eval_run(
                 "synthesis",
                 d,
-                sections=["multiscale.sampler", "seed"],
+                job="multiscale_sample",
                 figures=[f"{ms}/{d}/samples-rf{rf}.png" for rf in MS.rf],
             )
         )
@@ -440,7 +364,7 @@ def study_runs():
                 "superres",
                 d,
                 ["superres", d],
-                sections=["multiscale.sampler", "multiscale.superres_images", "seed"],
+                job="multiscale_super_resolve",
                 tables=[f"{ms}/{d}/superres-rf{rf}.csv" for rf in MS.rf],
                 figures=[f"{ms}/{d}/superres-rf{rf}.png" for rf in MS.rf],
             )
@@ -451,7 +375,7 @@ def study_runs():
                     "multiscale_nll",
                     d,
                     ["multiscale_nll", d],
-                    sections=["multiscale.energy.likelihood", "multiscale.eval_images"],
+                    job="multiscale_nll",
                     tables=[f"{ms}/{d}/nll_test.csv"],
                     datasets=[data_dir(d)],
                 )

@@ -14,7 +14,7 @@ rule prepare_data:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=lambda w: spec(CFG.datasets[w.dataset]),
+        spec=trigger("prepare_data"),
         out=lambda wildcards, output: Path(output.meta).parent,
     shell:
         "image-density prepare --config {params.cfg:q} --dataset {wildcards.dataset:q}"

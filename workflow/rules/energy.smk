@@ -18,12 +18,10 @@ rule train:
         attempt=retry_attempt,
     params:
         cfg=PARAMS_FILE,
-        spec=lambda w: spec(CFG.energy, "unet", "train"),
+        spec=trigger("train"),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.model).parent,
-        ckpt=lambda w: ckpt_dir(
-            f"{w.model}/{w.dataset}", CFG.energy.unet, CFG.energy.train
-        ),
+        ckpt=ckpt_dir("train", "{model}/{dataset}"),
         launch=launcher,
     shell:
         "exec {params.launch} train --config {params.cfg:q} --model {wildcards.model:q}"
@@ -45,14 +43,10 @@ rule train_generalization:
         attempt=retry_attempt,
     params:
         cfg=PARAMS_FILE,
-        spec=lambda w: spec(CFG.generalization, "unet", "train"),
+        spec=trigger("train_generalization"),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.model).parent,
-        ckpt=lambda w: ckpt_dir(
-            f"generalization/{w.dataset}/{w.subset}{w.n}",
-            CFG.generalization.unet,
-            CFG.generalization.train,
-        ),
+        ckpt=ckpt_dir("train_generalization", "generalization/{dataset}/{subset}{n}"),
         launch=launcher,
     shell:
         "exec {params.launch} train --config {params.cfg:q} --model energy"

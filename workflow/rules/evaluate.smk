@@ -20,7 +20,7 @@ rule nll:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=lambda w: spec(CFG.energy, "likelihood"),
+        spec=trigger("nll"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "image-density nll --config {params.cfg:q} --model-path {input.model:q}"

@@ -10,65 +10,33 @@ localrules:
     multiscale_nll_table,
 
 
-rule train_scale_lowpass:
-    input:
-        **data_files("{dataset}"),
-    output:
-        model=f"{R}/models/multiscale/{{dataset}}/{{family}}/lowpass/model.pt",
-        metrics=f"{R}/models/multiscale/{{dataset}}/{{family}}/lowpass/metrics.jsonl",
-    log:
-        f"{R}/logs/train_scale/{{dataset}}/{{family}}/lowpass.log",
-    wildcard_constraints:
-        family="denoiser|energy",
-    conda:
-        "../envs/image-density.yaml"
-    resources:
-        attempt=retry_attempt,
-    params:
-        cfg=PARAMS_FILE,
-        spec=ms_train_spec,
-        data=lambda w, input: Path(input.meta).parent,
-        out=lambda w, output: Path(output.model).parent,
-        ckpt=lambda w: ckpt_dir(
-            f"multiscale/{w.dataset}/{w.family}/lowpass", *ms_settings(w)
-        ),
-        launch=launcher,
-    shell:
-        "exec {params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
-        " --model {wildcards.family:q} --scale lowpass --data {params.data:q} --out {params.out:q}"
-        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt} > {log:q} 2>&1"
-
-
 rule train_scale:
     input:
         **data_files("{dataset}"),
     output:
-        model=f"{R}/models/multiscale/{{dataset}}/{{family}}/{{scale}}-rf{{rf}}/model.pt",
-        metrics=f"{R}/models/multiscale/{{dataset}}/{{family}}/{{scale}}-rf{{rf}}/metrics.jsonl",
+        model=f"{R}/models/multiscale/{{dataset}}/{{family}}/{{net}}/model.pt",
+        metrics=f"{R}/models/multiscale/{{dataset}}/{{family}}/{{net}}/metrics.jsonl",
     log:
-        f"{R}/logs/train_scale/{{dataset}}/{{family}}/{{scale}}-rf{{rf}}.log",
+        f"{R}/logs/train_scale/{{dataset}}/{{family}}/{{net}}.log",
     wildcard_constraints:
         family="denoiser|energy",
-        scale=r"flat|\d+",
-        rf=r"\d+",
+        net=Net.FOLDER,
     conda:
         "../envs/image-density.yaml"
     resources:
         attempt=retry_attempt,
     params:
         cfg=PARAMS_FILE,
-        spec=ms_train_spec,
+        spec=trigger(ms_job),
         data=lambda w, input: Path(input.meta).parent,
         out=lambda w, output: Path(output.model).parent,
-        ckpt=lambda w: ckpt_dir(
-            f"multiscale/{w.dataset}/{w.family}/{w.scale}-rf{w.rf}", *ms_settings(w)
-        ),
+        ckpt=ckpt_dir(ms_job, "multiscale/{dataset}/{family}/{net}"),
+        net=lambda w: Net.parse(w.family, w.net).cli_args,
         launch=launcher,
     shell:
         "exec {params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
-        " --model {wildcards.family:q} --scale {wildcards.scale:q} --rf {wildcards.rf:q}"
-        " --data {params.data:q} --out {params.out:q} --ckpt-dir {params.ckpt:q} --no-progress"
-        " --attempt {resources.attempt} > {log:q} 2>&1"
+        " --model {wildcards.family:q} {params.net} --data {params.data:q} --out {params.out:q}"
+        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt} > {log:q} 2>&1"
 
 
 rule multiscale_denoise:
@@ -83,7 +51,7 @@ rule multiscale_denoise:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=lambda w: spec(MS, "sigmas", "eval_images"),
+        spec=trigger("multiscale_denoise"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "image-density denoise --config {params.cfg:q} --models {input.models:q}"
@@ -110,7 +78,7 @@ rule multiscale_sample:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=lambda w: spec(MS, "sampler"),
+        spec=trigger("multiscale_sample"),
     shell:
         "image-density sample --config {params.cfg:q} --models {input.models:q}"
         " --rf {wildcards.rf:q} --out {output.png:q} > {log:q} 2>&1"
@@ -138,7 +106,7 @@ rule multiscale_super_resolve:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=lambda w: spec(MS, "sampler", "superres_images"),
+        spec=trigger("multiscale_super_resolve"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "image-density super-resolve --config {params.cfg:q} --models {input.models:q}"
@@ -158,7 +126,7 @@ rule multiscale_nll:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=lambda w: f"{spec(MS.energy, 'likelihood')} {spec(MS, 'eval_images')}",
+        spec=trigger("multiscale_nll"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "image-density multiscale-nll --config {params.cfg:q} --models {input.models:q}"

@@ -22,14 +22,14 @@ rule study_nll:
         table=rules.nll_table.output.table,
         data=[data_files(name)["meta"] for name in ENERGY_DATASETS],
     output:
-        table=f"{R}/tables/nll_study.csv",
+        **study_outputs("nll"),
     log:
         f"{R}/logs/study/nll.log",
     conda:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=study_spec("nll"),
+        spec=trigger("study_nll"),
         data=lambda w, input: Path(input.data[0]).parents[1],  # <results>/data
     shell:
         "image-density study nll --config {params.cfg:q} --table {input.table:q}"
@@ -51,7 +51,7 @@ rule study_denoising:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=study_spec("denoising"),
+        spec=trigger("study_denoising"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "image-density study denoising --config {params.cfg:q} --models {input.models:q}"
@@ -83,15 +83,14 @@ rule study_generalization:
         ],
         data=data_files(GEN.dataset)["meta"] if GEN else [],
     output:
-        table=f"{R}/tables/generalization.csv",
-        summary=f"{R}/tables/generalization_summary.csv",
+        **study_outputs("generalization"),
     log:
         f"{R}/logs/study/generalization.log",
     conda:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=study_spec("generalization"),
+        spec=trigger("study_generalization"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "image-density study generalization --config {params.cfg:q} --models {input.models:q}"
@@ -106,7 +105,7 @@ rule study_dimensionality:
         ],
         data=data_files("{dataset}")["meta"],
     output:
-        table=f"{R}/tables/dimensionality_{{dataset}}.csv",
+        **study_outputs("dimensionality", "{dataset}"),
     log:
         f"{R}/logs/study/dimensionality/{{dataset}}.log",
     wildcard_constraints:
@@ -115,7 +114,7 @@ rule study_dimensionality:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=study_spec("dimensionality"),
+        spec=trigger("study_dimensionality"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "image-density study dimensionality --config {params.cfg:q} --models {input.models:q}"
@@ -128,10 +127,7 @@ rule study_content:
         model=f"{R}/models/energy/{{dataset}}/model.pt",
         data=data_files("{dataset}")["meta"],
     output:
-        table=f"{R}/tables/content_{{dataset}}.csv",
-        summary=f"{R}/tables/content_{{dataset}}_summary.csv",
-        images=f"{R}/tables/content_{{dataset}}_extremes.npy",
-        affine=f"{R}/tables/content_{{dataset}}_affine.csv",
+        **study_outputs("content", "{dataset}"),
     log:
         f"{R}/logs/study/content/{{dataset}}.log",
     wildcard_constraints:
@@ -140,7 +136,7 @@ rule study_content:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=study_spec("content"),
+        spec=trigger("study_content"),
         data=lambda w, input: Path(input.data).parent,
     shell:
         "image-density study content --config {params.cfg:q} --models {input.model:q}"
@@ -150,15 +146,14 @@ rule study_content:
 
 rule study_toy:
     output:
-        table=f"{R}/tables/toy.csv",
-        summary=f"{R}/tables/toy_summary.csv",
+        **study_outputs("toy"),
     log:
         f"{R}/logs/study/toy.log",
     conda:
         "../envs/image-density.yaml"
     params:
         cfg=PARAMS_FILE,
-        spec=study_spec("toy"),
+        spec=trigger("study_toy"),
     shell:
         "image-density study toy --config {params.cfg:q} --out {output.table:q} > {log:q} 2>&1"
 
@@ -268,7 +263,7 @@ rule figure_content:
     input:
         table=rules.study_content.output.table,
         summary=rules.study_content.output.summary,
-        images=rules.study_content.output.images,
+        images=rules.study_content.output.extremes,
         affine=rules.study_content.output.affine,
     output:
         png=report(

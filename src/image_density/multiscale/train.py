@@ -28,28 +28,13 @@ from image_density.models import build_model, unet_model_spec
 from image_density.models.cnn import cnn_model_spec
 from image_density.models.energy import gaussian_stats
 from image_density.multiscale.conditional import band_max, denoiser_objective, energy_objective
+from image_density.multiscale.nets import Net, Scale
 from image_density.multiscale.wavelets import pyramid
 from image_density.train import ImageSource, TrainResult, train
 
 Family = Literal["denoiser", "energy"]
 FAMILIES = ("denoiser", "energy")
-Scale = str | int  # "lowpass", "flat" or j
 STATS_IMAGES = 512
-
-
-def parse_scale(text: str) -> Scale:
-    """The CLI's --scale: "lowpass", "flat" or an integer j."""
-    if text in ("lowpass", "flat"):
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"--scale must be lowpass, flat or a scale index j, got {text!r}") from None
-
-
-def net_name(family: str, scale: Scale, rf: int | None) -> str:
-    """e.g. "denoiser-lowpass", "denoiser-flat-rf9", "energy-0-rf9" (the meta name of a model file)."""
-    return f"{family}-lowpass" if scale == "lowpass" else f"{family}-{scale}-rf{rf}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +48,7 @@ class ScalePlan:
 
     @property
     def name(self) -> str:
-        return net_name(self.family, self.scale, self.rf)
+        return Net(self.family, self.scale, self.rf).name
 
 
 def plan_scale(cfg: Config, dataset: str, family: str, scale: Scale, rf: int | None) -> ScalePlan:

@@ -37,7 +37,7 @@ from image_density.multiscale.conditional import (
     normalized_lowpass,
 )
 from image_density.multiscale.sampling import super_resolve, synthesize, trace_rows
-from image_density.multiscale.train import net_name
+from image_density.multiscale.train import Net
 from image_density.multiscale.wavelets import decompose, reconstruct
 from image_density.studies.nll import exact_bits_per_dim
 
@@ -80,11 +80,11 @@ class ScaleModels:
     lowpass: nn.Module | None = None
     conditionals: dict[int, dict[int, nn.Module]] = field(default_factory=dict)  # rf -> j -> model
     flat: dict[int, nn.Module] = field(default_factory=dict)  # rf -> model
-    infos: dict[str, dict] = field(default_factory=dict)  # multiscale.train.net_name -> file entries
+    infos: dict[str, dict] = field(default_factory=dict)  # multiscale.train.Net.name -> file entries
 
     def info(self, scale: str | int, rf: int | None) -> dict:
         """The model file's entries of one network (model_spec, train_spec, meta, ...)."""
-        return self.infos[net_name(self.family, scale, rf)]
+        return self.infos[Net(self.family, scale, rf).name]
 
     @property
     def device(self) -> torch.device:
@@ -250,12 +250,12 @@ def sample_grid(
     kw = dict(wavelet=models.wavelet, normalization=models.normalization, device=device)
     todo = []
     if rf in models.multiscale_rfs():
-        names = [net_name(models.family, "lowpass", None)]
-        names += [net_name(models.family, j, rf) for j in range(models.levels)]
+        names = [Net(models.family, "lowpass", None).name]
+        names += [Net(models.family, j, rf).name for j in range(models.levels)]
         conds = [c.denoise for c in models.conditionals_of(rf)]
         todo.append((f"multiscale-rf{rf}", names, models.lowpass.denoise, conds))
     if rf in models.flat:
-        todo.append((f"flat-rf{rf}", [net_name(models.family, "flat", rf)], models.flat[rf].denoise, []))
+        todo.append((f"flat-rf{rf}", [Net(models.family, "flat", rf).name], models.flat[rf].denoise, []))
     if not todo:
         raise ValueError(f"{models.dataset}: no multi-scale or flat denoiser of rf {rf} among the models")
     check_bands(models, [n for _, names, _, _ in todo for n in names])
@@ -281,7 +281,7 @@ def super_resolution(
     (one row per sample x scale; sample = image index * S + draw)."""
     device = models.device
     conds = [c.denoise for c in models.conditionals_of(rf)]
-    check_bands(models, [net_name(models.family, j, rf) for j in range(models.levels)])
+    check_bands(models, [Net(models.family, j, rf).name for j in range(models.levels)])
     lw = (models.levels, models.wavelet, models.normalization)
     x = x.to(device)
     n, s = len(x), spec.n_samples

@@ -1,14 +1,16 @@
 """The `study` command's library side: model files and prepared data in, tables out.
 
-`run_study(name, cfg, ...)` loads what a study needs (models normalized as by the `nll` command,
-the images the params ask for, the exact Gaussian model of a generated field) and returns its
-outputs keyed by file suffix: "" for the main table (the command's --out), "_summary.csv" and
-"_extremes.npy" for the companions written beside it (figures.py reads them by the same names).
+`run_study(name, cfg, ...)` runs a study of the registry (studies/registry.py). Each loads what it
+needs (models normalized as by the `nll` command, the images the params ask for, the exact Gaussian
+model of a generated field) and returns its outputs keyed by file suffix: "" for the main table
+(the command's --out), "_summary.csv" and "_extremes.npy" for the companions written beside it
+(figures.py reads them by the same names).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +27,21 @@ from image_density.studies.denoising import denoising_study
 from image_density.studies.dimensionality import dimensionality_study
 from image_density.studies.generalization import generalization_study
 from image_density.studies.nll import StudyModel, is_paper_colour_data, load_study_model, nll_study
+from image_density.studies.registry import STUDIES
 from image_density.studies.toy import mode_levels, toy_study
 
 Outputs = dict[str, pd.DataFrame | np.ndarray]
-STUDIES = ("nll", "denoising", "generalization", "dimensionality", "content", "toy")
-NEEDS_MODELS = ("denoising", "generalization", "dimensionality", "content")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the `study` command hands a study: model.pt files, the `nll` command's table, the
+    dataset and prepared folder to evaluate on (default: the models' own, under <results>/data)."""
+
+    models: Sequence[Path] = ()
+    table: Path | None = None
+    dataset: str | None = None
+    data_dir: Path | None = None
 
 
 def exact_model(data: Prepared, name: str = "exact") -> StudyModel | None:
@@ -80,74 +92,78 @@ def _first(data: Prepared, split: str, n: int | None) -> tuple[np.ndarray, torch
     return idx, data.images(split, idx)
 
 
-def run_study(
-    name: str,
-    cfg: Config,
-    *,
-    models: Sequence[Path] = (),
-    table: Path | None = None,
-    dataset: str | None = None,
-    data_dir: Path | None = None,
-) -> Outputs:
-    """Run study `name` as the params `cfg` (section `studies:`) ask. models: model.pt files; table:
-    the `nll` command's table (nll study); dataset / data_dir: evaluate on another dataset / folder
-    than the models' (default <results>/data/<their dataset>). Randomness is seeded from cfg.seed."""
+def run_study(name: str, cfg: Config, **inputs) -> Outputs:
+    """Run study `name` (studies.registry) as the params `cfg` (section `studies:`) ask, on `inputs`
+    (Inputs' fields). Randomness is seeded from cfg.seed."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r} (known: {', '.join(STUDIES)})")
-    if name in NEEDS_MODELS and not models:
+    given = Inputs(**inputs)
+    if STUDIES[name].needs == "models" and not given.models:
         raise ValueError(f"study {name} needs --models (model.pt files written by `train`)")
-    missing = [str(p) for p in models if not Path(p).is_file()]
+    missing = [str(p) for p in given.models if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"model files not found: {missing}")
-    if name == "nll":
-        return _nll(cfg, table, data_dir)
-    if name == "toy":
-        return _toy(cfg)
-    loaded = _load_models(cfg, models)
+    return STUDIES[name].load()(cfg, given)
+
+
+@dataclass
+class _Loaded:
+    models: list[StudyModel]
+    data: Prepared
+    dataset: str
+    generator: torch.Generator
+
+
+def _load(cfg: Config, given: Inputs) -> _Loaded:
+    """The models, the data they are evaluated on, and the study's seeded generator."""
+    loaded = _load_models(cfg, given.models)
     infos = [info for _, info in loaded]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if name == "generalization":
-        return _generalization(cfg, loaded, data_dir, gen)
-    dataset = _dataset(cfg, infos, dataset)
-    data = _data(cfg, dataset, data_dir, infos)
-    study_models = [m for m, _ in loaded]
-    batch = cfg.studies.batch
-    if name == "denoising":
-        spec = cfg.studies.denoising
-        _, x = _first(data, "test", spec.n_images)
-        wiener = exact_model(data, "wiener")
-        study_models += [wiener] if wiener else []
-        table = denoising_study(study_models, x, spec.psnrs, dataset=dataset, draws=spec.draws,
-                                generator=gen, batch_size=batch,
-                                paper_data=is_paper_colour_data(data))  # fmt: skip
-        return {"": table}
-    if name == "dimensionality":
-        spec = cfg.studies.dimensionality
-        _, x = _first(data, "test", spec.n_images)
-        ranker = next((m for m in study_models if m.has_log_p), None)
-        log_p = (
-            None if ranker is None else units.log_p_db_per_dim(ranker.log_p_nats(x, batch), data.d).numpy()
-        )
-        eig = None if data.eigenvalues is None else torch.from_numpy(np.asarray(data.eigenvalues))
-        table = dimensionality_study(
-            study_models, x, t_grid(spec.t_min, spec.t_max, spec.n_t), dataset=dataset, draws=spec.draws,
-            log_p_x_db=log_p, n_extremes=spec.n_extremes, eigenvalues=eig, generator=gen, batch_size=batch,
-        )  # fmt: skip
-        return {"": table}
-    # content
-    spec = cfg.studies.content
-    energies = [m for m in study_models if m.has_log_p]
-    if len(energies) != 1 or len(study_models) != 1:
-        raise ValueError(f"study content takes one energy model, got {[m.name for m in study_models]}")
-    idx, x = _first(data, "test", spec.n_images)
-    log_p = units.log_p_db_per_dim(energies[0].log_p_nats(x, batch), data.d).numpy()
-    res = content_study(x, log_p, dataset=dataset, model=energies[0].name, n_extremes=spec.n_extremes,
+    dataset = _dataset(cfg, infos, given.dataset)
+    data = _data(cfg, dataset, given.data_dir, infos)
+    return _Loaded([m for m, _ in loaded], data, dataset, torch.Generator().manual_seed(cfg.seed))
+
+
+def run_denoising(cfg: Config, given: Inputs) -> Outputs:
+    run, spec, batch = _load(cfg, given), cfg.studies.denoising, cfg.studies.batch
+    _, x = _first(run.data, "test", spec.n_images)
+    wiener = exact_model(run.data, "wiener")
+    table = denoising_study(run.models + ([wiener] if wiener else []), x, spec.psnrs, dataset=run.dataset,
+                            draws=spec.draws, generator=run.generator, batch_size=batch,
+                            paper_data=is_paper_colour_data(run.data))  # fmt: skip
+    return {"": table}
+
+
+def run_dimensionality(cfg: Config, given: Inputs) -> Outputs:
+    run, spec, batch = _load(cfg, given), cfg.studies.dimensionality, cfg.studies.batch
+    _, x = _first(run.data, "test", spec.n_images)
+    ranker = next((m for m in run.models if m.has_log_p), None)
+    log_p = (
+        None if ranker is None else units.log_p_db_per_dim(ranker.log_p_nats(x, batch), run.data.d).numpy()
+    )
+    eig = None if run.data.eigenvalues is None else torch.from_numpy(np.asarray(run.data.eigenvalues))
+    table = dimensionality_study(
+        run.models, x, t_grid(spec.t_min, spec.t_max, spec.n_t), dataset=run.dataset, draws=spec.draws,
+        log_p_x_db=log_p, n_extremes=spec.n_extremes, eigenvalues=eig, generator=run.generator,
+        batch_size=batch,
+    )  # fmt: skip
+    return {"": table}
+
+
+def run_content(cfg: Config, given: Inputs) -> Outputs:
+    run, spec, batch = _load(cfg, given), cfg.studies.content, cfg.studies.batch
+    energies = [m for m in run.models if m.has_log_p]
+    if len(energies) != 1 or len(run.models) != 1:
+        raise ValueError(f"study content takes one energy model, got {[m.name for m in run.models]}")
+    energy = energies[0]
+    idx, x = _first(run.data, "test", spec.n_images)
+    log_p = units.log_p_db_per_dim(energy.log_p_nats(x, batch), run.data.d).numpy()
+    res = content_study(x, log_p, dataset=run.dataset, model=energy.name, n_extremes=spec.n_extremes,
                         wavelet_levels=spec.wavelet_levels, participation_levels=spec.participation_levels,
-                        index=idx, network=energies[0].network)  # fmt: skip
+                        index=idx, network=energy.network)  # fmt: skip
     n_affine = min(spec.affine_images, len(x))
-    affine = affine_sweep(lambda y: energies[0].log_p_nats(y, batch), x[:n_affine], spec.affine_a,
+    affine = affine_sweep(lambda y: energy.log_p_nats(y, batch), x[:n_affine], spec.affine_a,
                           spec.affine_b, index=idx[:n_affine])  # fmt: skip
-    affine = affine.assign(dataset=dataset, model=energies[0].name, network=energies[0].network)
+    affine = affine.assign(dataset=run.dataset, model=energy.name, network=energy.network)
     return {
         "": res.per_image,
         "_summary.csv": res.summary,
@@ -156,7 +172,8 @@ def run_study(
     }
 
 
-def _nll(cfg: Config, table: Path | None, data_dir: Path | None) -> Outputs:
+def run_nll(cfg: Config, given: Inputs) -> Outputs:
+    table, data_dir = given.table, given.data_dir
     if table is None:
         raise ValueError(
             "study nll needs --table: the tidy table the `nll` command writes (results/tables/nll.csv)"
@@ -172,7 +189,7 @@ def _nll(cfg: Config, table: Path | None, data_dir: Path | None) -> Outputs:
                           batch_size=cfg.studies.batch, device=_device())}  # fmt: skip
 
 
-def _toy(cfg: Config) -> Outputs:
+def run_toy(cfg: Config, given: Inputs) -> Outputs:
     """Fig. 1 on synthetic data: no models or data files; the per-mode levels as the summary."""
     spec = cfg.studies.toy.model_dump()
     spec.update(sigmas=tuple(spec["sigmas"]), weights=tuple(spec["weights"]), seed=cfg.seed)
@@ -180,10 +197,12 @@ def _toy(cfg: Config) -> Outputs:
     return {"": table, "_summary.csv": mode_levels(table)}
 
 
-def _generalization(cfg: Config, loaded, data_dir: Path | None, gen: torch.Generator) -> Outputs:
-    g = cfg.generalization
+def run_generalization(cfg: Config, given: Inputs) -> Outputs:
+    g, data_dir = cfg.generalization, given.data_dir
     if g is None:
         raise ConfigError("study generalization needs a generalization: section in the params")
+    loaded = _load_models(cfg, given.models)
+    gen = torch.Generator().manual_seed(cfg.seed)
     pairs: dict[int, dict[str, StudyModel]] = {}
     for m, info in loaded:
         meta = info.get("meta", {})
