@@ -1,5 +1,6 @@
 """From the params file to a paper-1 training: which section's settings a model gets (`plan_run`),
-its run name, and `train_from_config`, which builds its network and images and calls `train.train`.
+its run name, and `train_from_config`, which builds its network and images and calls `train.train`
+through `train_prepared` (the training images of a prepared dataset, and its provenance).
 
 The studies read a trained model's settings back through `plan_run`, from the model file's meta.
 Paper 2's networks have their own planning in `multiscale.train`.
@@ -17,7 +18,10 @@ import torch
 from image_density.config import Config, ConfigError, LikelihoodSpec, TrainSpec, UNetSpec
 
 if TYPE_CHECKING:
-    from image_density.train import TrainResult
+    from torch import nn
+
+    from image_density.data import Prepared
+    from image_density.train import Objective, TrainResult
 
 MODELS = {"energy": "energy_unet", "denoiser": "denoiser_unet"}  # --model -> models registry arch
 
@@ -77,7 +81,6 @@ def train_from_config(
     from image_density.models import build_model, unet_model_spec
     from image_density.models.energy import gaussian_stats
     from image_density.multiscale.train import STATS_IMAGES
-    from image_density.train import ImageSource, train
 
     if model not in MODELS:
         raise ConfigError(f"--model must be one of {sorted(MODELS)}, got {model!r}")
@@ -99,19 +102,45 @@ def train_from_config(
         "section": plan.section,
         "subset": subset,
         "n": n,
-        "data_path": str(data_dir),
+    }
+    objective = dual_score_loss if model == "energy" else denoiser_loss
+    return train_prepared(net, objective, model_spec, plan.train, cfg, data, out_dir, meta=meta, rows=rows,
+                          ckpt_dir=ckpt_dir, progress=progress)  # fmt: skip
+
+
+def train_prepared(
+    net: nn.Module,
+    objective: Objective,
+    model_spec: dict,
+    spec: TrainSpec,
+    cfg: Config,
+    data: Prepared,
+    out_dir: Path,
+    *,
+    meta: dict,
+    rows: np.ndarray | None = None,
+    ckpt_dir: Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """`train.train` on a prepared dataset's training images (`rows` of them, default all); the model
+    file keeps the resolved params, `meta` and the data's provenance (its sha256 is checked on resume)."""
+    from image_density.train import ImageSource, train
+
+    meta = {
+        **meta,
+        "data_path": str(data.path),
         "shape": list(data.shape),
         "d": data.d,
         "quantized": data.quantized,
         "data_sha256": data.meta["sha256"]["train.npy"],
     }
-    objective = dual_score_loss if model == "energy" else denoiser_loss
+    rows = np.arange(len(data.train)) if rows is None else rows
     images = ImageSource(len(rows), lambda i: data.images("train", rows[i]))
     return train(
         net,
         objective,
         images,
-        plan.train,
+        spec,
         out_dir,
         model_spec,
         ckpt_dir=ckpt_dir,
