@@ -33,8 +33,8 @@ from image_density.config import load_config
 from image_density.data import load_prepared, prepare_dataset
 from image_density.models.gaussian import GaussianEnergy
 from image_density.noise import add_noise
+from image_density.plan import train_from_config
 from image_density.studies.nll import load_study_model
-from image_density.train import train_from_config
 
 WIENER_T = (1e-3, 1e-2, 1e-1)
 TRANSPORT = {"points": 33, "images": 128, "probes": 4}

@@ -218,7 +218,7 @@ def test_exit_codes(project, monkeypatch, capsys, error, code):
     def fail(*a, **k):
         raise error
 
-    monkeypatch.setattr("image_density.train.train_from_config", fail)
+    monkeypatch.setattr("image_density.plan.train_from_config", fail)
     with pytest.raises(SystemExit) as exc:
         run("train", "--config", cfg, "--model", "energy", "--dataset", "field", "--out", root / "x")
     assert exc.value.code == code and "step 3" in capsys.readouterr().err

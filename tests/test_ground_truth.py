@@ -1,7 +1,7 @@
 """Trained energies against ground truth they have never seen: Gaussians with an exact NLL.
 
 Unlike the unit tests of losses and likelihoods (exact models plugged in), these train a network through
-the real code (train.train_from_config, multiscale.train, the CLI) for a few hundred steps and check its
+the real code (plan.train_from_config, multiscale.train, the CLI) for a few hundred steps and check its
 NLL against the exact one, so a regression anywhere between the loss and the reported bits/dim fails CI.
 """
 
@@ -19,10 +19,10 @@ from image_density.config import load_config
 from image_density.data import load_prepared, prepare_dataset
 from image_density.models.gaussian import GaussianEnergy
 from image_density.multiscale.train import train_scale_from_config
+from image_density.plan import train_from_config
 from image_density.studies.multiscale import load_scale_models, multiscale_nll, training_lowpasses
 from image_density.studies.nll import load_study_model
 from image_density.tables import read_rows
-from image_density.train import train_from_config
 
 PARAMS = Path(__file__).with_name("params_ground_truth.yaml")
 

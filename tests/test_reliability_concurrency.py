@@ -122,3 +122,18 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("the writer died")
     assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def test_a_folder_appears_whole_and_a_failed_one_leaves_the_old_folder(tmp_path):
+    out = tmp_path / "d"
+    with atomic.replacing_dir(out) as tmp:
+        (tmp / "a").write_text("1")
+        assert not out.exists()  # nothing at `out` until the block ends
+    with pytest.raises(RuntimeError), atomic.replacing_dir(out) as tmp:
+        (tmp / "b").write_text("half")
+        raise RuntimeError("the writer died")
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
+    with atomic.replacing_dir(out) as tmp:
+        (tmp / "c").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["c"]  # replaced, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temp or old folder left

@@ -4,7 +4,8 @@ and the sha256 that lets a later stage record exactly which file it read.
 `replacing(path)` hands out a temp path beside `path` (same folder, so `os.replace` is atomic) and
 moves it onto `path` only when the block succeeds: a reader, a crash or a kill never sees half a
 file, and a failure removes the temp file and names `path` (a full disk's failed write() names no
-file). `exclusive(lock, what)` refuses, rather than waits, when another process holds the lock.
+file). `replacing_dir(path)` does the same for a whole folder. `exclusive(lock, what)` refuses,
+rather than waits, when another process holds the lock.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +50,11 @@ def named(err: BaseException, path: Path, tmp: Path | None = None) -> OSError | 
     return OSError(cause.errno, msg) if cause.errno else OSError(msg)
 
 
+def _temp_beside(path: Path) -> Path:
+    """A hidden name in the folder of `path`, unique to this process and call; suffix kept."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
 @contextmanager
 def replacing(path: Path, *, tmp: Path | None = None, durable: bool = False) -> Iterator[Path]:
     """A temp path (suffix kept, for writers that look at it) that replaces `path` when the block
@@ -55,7 +62,7 @@ def replacing(path: Path, *, tmp: Path | None = None, durable: bool = False) -> 
     file is then overwritten by the next one, not left behind); `durable`: fsync file and folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp or path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+    tmp = tmp or _temp_beside(path)
     try:
         yield tmp
         if durable:
@@ -69,6 +76,31 @@ def replacing(path: Path, *, tmp: Path | None = None, durable: bool = False) -> 
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+@contextmanager
+def replacing_dir(path: Path) -> Iterator[Path]:
+    """A new temp folder beside `path` that replaces the folder `path` when the block succeeds; on a
+    failure it is removed and `path` stays as it was. Two renames swap them: for an instant `path` is
+    absent, never half written. Two writers of one folder must hold its lock (`lock_beside`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path)
+    tmp.mkdir()  # unlike mkdtemp, honours the umask
+    try:
+        yield tmp
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (better := named(err, path)) is not None:
+            raise better from err
+        raise
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:

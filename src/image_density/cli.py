@@ -275,7 +275,7 @@ def _run_training(command: str, run, args) -> None:
 
 
 def _train(args) -> None:
-    from image_density.train import train_from_config
+    from image_density.plan import train_from_config
 
     cfg = load_config(args.config)
     _run_training("train", lambda: train_from_config(

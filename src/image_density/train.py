@@ -59,7 +59,7 @@ from image_density.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from image_density.config import Config, ConfigError, LikelihoodSpec, TrainSpec, UNetSpec
+from image_density.config import TrainSpec
 from image_density.noise import sample_log_uniform_t
 
 EXIT_INTERRUPTED = 75  # sysexits EX_TEMPFAIL: checkpoint written, rerun to resume
@@ -233,30 +233,6 @@ class _State:
     path: Path | None = None  # the checkpoint resumed from / last written
 
 
-def _resume(model, opt, ema, spec: TrainSpec, ckpt_dir: Path, model_spec: dict, meta: dict, device):
-    """Load the newest good checkpoint of ckpt_dir into model/opt (and EMA); returns (state, ema)."""
-    found = load_latest(ckpt_dir, map_location=device)
-    if found is None:
-        return _State(), ema
-    ck, path = found
-    check_compatible(
-        ck, path, model_spec, meta.get("data_sha256"), train_spec=spec.model_dump(mode="json"), meta=meta
-    )
-    if ck["step"] > spec.steps:
-        raise CheckpointError(
-            f"{path}: at step {ck['step']}, past train.steps = {spec.steps}; "
-            "increase steps or delete the checkpoint"
-        )
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    if ema is not None:
-        ema = {k: v.to(device) for k, v in (ck.get("ema") or _ema_init(model)).items()}
-    torch.set_rng_state(ck["rng"]["torch_cpu"].cpu())
-    if torch.cuda.is_available() and ck["rng"].get("torch_cuda"):
-        torch.cuda.set_rng_state_all([r.cpu() for r in ck["rng"]["torch_cuda"]])
-    return _State(ck["step"], ck["elapsed"], dict(ck["window"]), path), ema
-
-
 def _backward(model, objective, opt, x, t, generator, stop: _StopFlag, world: int) -> tuple[dict, bool]:
     """Loss terms and gradients of one batch, averaged over ranks.
 
@@ -278,6 +254,188 @@ def _backward(model, objective, opt, x, t, generator, stop: _StopFlag, world: in
     values = dict(zip(names, stats[:-1].tolist(), strict=True))
     values["grad_norm"] = grad_norm.item()
     return values, stats[-1].item() > 0
+
+
+class _Run:
+    """One training inside its session: the network, Adam, the EMA weights and the loop state `st`,
+    set up and resumed from ckpt_dir on construction. `loop` calls `step`, `log` and `checkpoint`
+    once per step; `publish` writes the outputs at the end.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        images: ImageSource,
+        spec: TrainSpec,
+        model_spec: dict,
+        out_dir: Path,
+        ckpt_dir: Path,
+        *,
+        config: dict | None,
+        meta: dict,
+        device: str | torch.device | None,
+        rank: int,
+        world: int,
+    ):
+        if spec.batch % world:
+            raise ValueError(f"train.batch = {spec.batch} is not divisible by the {world} processes")
+        self.model, self.objective, self.images, self.spec = model, objective, images, spec
+        self.model_spec, self.config, self.meta = model_spec, config, meta
+        self.out_dir, self.ckpt_dir, self.live = out_dir, ckpt_dir, ckpt_dir / LIVE_METRICS
+        self.rank, self.world = rank, world
+        self.device = torch.device(device) if device is not None else _default_device(world)
+        model.to(self.device).train()
+        self.opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+        self.ema = _ema_init(model) if spec.ema > 0 else None
+        self.st = self._resume()
+        self.resumed_from = self.st.step
+        if rank == 0:
+            atomic.write_text(self.live, "".join(_metrics_upto(self.live, self.st.step)))
+            out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
+        if world > 1:  # every rank starts from rank 0's weights
+            for v in model.state_dict().values():
+                dist.broadcast(v, 0)
+        self.t0 = time.monotonic() - self.st.elapsed  # training time counts on from the checkpoint's
+
+    def _resume(self) -> _State:
+        """Load the newest good checkpoint of ckpt_dir into model/opt (and EMA); a fresh state if none."""
+        found = load_latest(self.ckpt_dir, map_location=self.device)
+        if found is None:
+            return _State()
+        ck, path = found
+        spec = self.spec
+        train_spec = spec.model_dump(mode="json")
+        check_compatible(
+            ck, path, self.model_spec, self.meta.get("data_sha256"), train_spec=train_spec, meta=self.meta
+        )
+        if ck["step"] > spec.steps:
+            raise CheckpointError(
+                f"{path}: at step {ck['step']}, past train.steps = {spec.steps}; "
+                "increase steps or delete the checkpoint"
+            )
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.ema is not None:
+            self.ema = {k: v.to(self.device) for k, v in (ck.get("ema") or _ema_init(self.model)).items()}
+        torch.set_rng_state(ck["rng"]["torch_cpu"].cpu())
+        if torch.cuda.is_available() and ck["rng"].get("torch_cuda"):
+            torch.cuda.set_rng_state_all([r.cpu() for r in ck["rng"]["torch_cuda"]])
+        return _State(ck["step"], ck["elapsed"], dict(ck["window"]), path)
+
+    def loop(self, stop: _StopFlag, progress: bool) -> None:
+        """Steps up to spec.steps, with a checkpoint every ckpt_every steps and at the last; when a
+        rank got a stop signal, `Interrupted` after the checkpoint of that step."""
+        from tqdm.auto import tqdm
+
+        spec, st = self.spec, self.st
+        bar = tqdm(total=spec.steps, initial=st.step, disable=not progress or self.rank != 0, mininterval=5,
+                   desc="train", dynamic_ncols=True)  # fmt: skip
+        with bar, open(self.live, "a") if self.rank == 0 else contextlib.nullcontext() as log:
+            while st.step < spec.steps:
+                values, lr, stop_now = self.step(stop)
+                if (record := self.log(values, lr, log)) is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+                bar.update(1)
+                if st.step % spec.ckpt_every == 0 or st.step == spec.steps or stop_now:
+                    self.checkpoint()
+                if stop_now:
+                    raise Interrupted(st.step, st.path)
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+        """This rank's share of step st.step: images x (b, C, H, W), flipped at random if hflip, and
+        t (b,), drawn from generators seeded by (seed, rank, step); the noise generator goes on to
+        draw the objective's noise."""
+        spec, step, b = self.spec, self.st.step, self.spec.batch // self.world
+        g_data = step_generator(spec.seed, self.rank, step, _STREAM_DATA)
+        g_noise = step_generator(spec.seed, self.rank, step, _STREAM_NOISE)
+        idx = torch.randint(self.images.n, (b,), generator=g_data)
+        x = self.images.fetch(idx.numpy()).to(self.device, torch.float32)  # (b, C, H, W)
+        if spec.hflip:
+            flip = (torch.rand(b, generator=g_data) < 0.5).to(self.device).view(-1, 1, 1, 1)
+            x = torch.where(flip, x.flip(-1), x)
+        t = sample_log_uniform_t(b, spec.t_min, spec.t_max, generator=g_noise, device=self.device)
+        return x, t, g_noise
+
+    def step(self, stop: _StopFlag) -> tuple[dict[str, float], float, bool]:
+        """One Adam update: ({term: batch mean, ..., "grad_norm"}, the lr it used, whether any rank
+        got a stop signal). A non-finite value raises NonFiniteLoss before the update."""
+        x, t, g_noise = self._batch()
+        values, stop_now = _backward(self.model, self.objective, self.opt, x, t, g_noise, stop, self.world)
+        if not all(math.isfinite(v) for v in values.values()):
+            shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+            last = f"last good checkpoint: {self.st.path}" if self.st.path else "no checkpoint written yet"
+            raise NonFiniteLoss(f"non-finite loss at step {self.st.step + 1}: {shown}; {last}")
+        lr = lr_at(self.spec, self.st.step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        if self.ema is not None:
+            _ema_update(self.ema, self.model, self.spec.ema)
+        self.st.step += 1
+        return values, lr, stop_now
+
+    def log(self, values: dict[str, float], lr: float, log) -> dict | None:
+        """Add a step's values to the window; every log_every steps and at the last, its means become
+        one line of the live log (written by rank 0), which is returned."""
+        st, spec = self.st, self.spec
+        for k, v in [*values.items(), ("_n", 1.0)]:
+            st.window[k] = st.window.get(k, 0.0) + v
+        if st.step % spec.log_every != 0 and st.step != spec.steps:
+            return None
+        n = st.window.pop("_n")
+        record = {"step": st.step, "lr": lr, "time": time.monotonic() - self.t0,
+                  **{k: v / n for k, v in st.window.items()}}  # fmt: skip
+        st.window = {}
+        if self.rank == 0:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        return record
+
+    def checkpoint(self) -> None:
+        """Rank 0 writes the state after step st.step (the one before it becomes checkpoint.prev.pt
+        when this run wrote or resumed it); every rank waits for it."""
+        st, ckpt_dir = self.st, self.ckpt_dir
+        if self.rank == 0:
+            rng = {
+                "torch_cpu": torch.get_rng_state(),
+                "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "loop": {"seed": self.spec.seed, "world_size": self.world, "note": "re-seeded every step"},
+            }
+            state = {
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "ema": self.ema,
+                "step": st.step, "elapsed": time.monotonic() - self.t0, "window": st.window, "rng": rng,
+                "model_spec": self.model_spec, "train_spec": self.spec.model_dump(mode="json"),
+                "config": self.config, "meta": self.meta,
+            }  # fmt: skip
+            save_checkpoint(state, ckpt_dir, rotate=st.path == ckpt_dir / CKPT_NAME)
+        if self.world > 1:
+            dist.barrier()
+        st.path = ckpt_dir / CKPT_NAME
+
+    def publish(self) -> TrainResult:
+        """out_dir/metrics.jsonl (the live log up to the last step) and out_dir/model.pt (EMA weights
+        if EMA is on), written by rank 0; every rank waits for them."""
+        model_path, metrics_path = self.out_dir / "model.pt", self.out_dir / "metrics.jsonl"
+        if self.rank == 0:
+            # model.pt, what downstream steps read, goes last and an older one first: a failed write
+            # (full disk) or a kill leaves no model.pt beside a newer metrics.jsonl, nor a pair of
+            # files that a tool would take for a finished run
+            model_path.unlink(missing_ok=True)
+            try:
+                atomic.write_text(metrics_path, "".join(_metrics_upto(self.live, self.st.step)))
+                weights = self.ema if self.ema is not None else self.model.state_dict()
+                save_model(
+                    model_path, weights=weights, model_spec=self.model_spec, config=self.config,
+                    meta=self.meta, step=self.st.step, ema=self.spec.ema,
+                    train_spec=self.spec.model_dump(mode="json"),
+                )  # fmt: skip
+            except BaseException:
+                metrics_path.unlink(missing_ok=True)
+                raise
+        if self.world > 1:
+            dist.barrier()
+        return TrainResult(self.st.step, model_path, metrics_path, self.resumed_from)
 
 
 def train(
@@ -302,212 +460,9 @@ def train(
     (the resolved params) and `meta` (data meta; its "data_sha256" is checked on resume; name,
     subset, ...) are stored in the model file. Seed the network's initialisation before calling.
     """
-    from tqdm.auto import tqdm
-
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir or out_dir)
-    meta = dict(meta or {})
-    live = ckpt_dir / LIVE_METRICS
     with _session(ckpt_dir, out_dir, handle_signals) as (rank, world, stop):
-        if spec.batch % world:
-            raise ValueError(f"train.batch = {spec.batch} is not divisible by the {world} processes")
-        device = torch.device(device) if device is not None else _default_device(world)
-        model.to(device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
-        ema = _ema_init(model) if spec.ema > 0 else None
-        st, ema = _resume(model, opt, ema, spec, ckpt_dir, model_spec, meta, device)
-        resumed_from = st.step
-        if rank == 0:
-            atomic.write_text(live, "".join(_metrics_upto(live, st.step)))
-            out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
-        if world > 1:  # every rank starts from rank 0's weights
-            for v in model.state_dict().values():
-                dist.broadcast(v, 0)
-        t0 = time.monotonic() - st.elapsed
-
-        def checkpoint() -> Path:
-            if rank == 0:
-                rng = {
-                    "torch_cpu": torch.get_rng_state(),
-                    "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "loop": {"seed": spec.seed, "world_size": world, "note": "re-seeded every step"},
-                }
-                state = {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema,
-                    "step": st.step, "elapsed": time.monotonic() - t0, "window": st.window, "rng": rng,
-                    "model_spec": model_spec, "train_spec": spec.model_dump(mode="json"),
-                    "config": config, "meta": meta,
-                }  # fmt: skip
-                save_checkpoint(state, ckpt_dir, rotate=st.path == ckpt_dir / CKPT_NAME)
-            if world > 1:
-                dist.barrier()
-            return ckpt_dir / CKPT_NAME
-
-        b = spec.batch // world
-        bar = tqdm(total=spec.steps, initial=st.step, disable=not progress or rank != 0, mininterval=5,
-                   desc="train", dynamic_ncols=True)  # fmt: skip
-        with open(live, "a") if rank == 0 else contextlib.nullcontext() as log:
-            while st.step < spec.steps:
-                g_data = step_generator(spec.seed, rank, st.step, _STREAM_DATA)
-                g_noise = step_generator(spec.seed, rank, st.step, _STREAM_NOISE)
-                idx = torch.randint(images.n, (b,), generator=g_data)
-                x = images.fetch(idx.numpy()).to(device, torch.float32)  # (b, C, H, W)
-                if spec.hflip:
-                    flip = (torch.rand(b, generator=g_data) < 0.5).to(device).view(-1, 1, 1, 1)
-                    x = torch.where(flip, x.flip(-1), x)
-                t = sample_log_uniform_t(b, spec.t_min, spec.t_max, generator=g_noise, device=device)
-
-                values, stop_now = _backward(model, objective, opt, x, t, g_noise, stop, world)
-                if not all(math.isfinite(v) for v in values.values()):
-                    shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-                    last = f"last good checkpoint: {st.path}" if st.path else "no checkpoint written yet"
-                    raise NonFiniteLoss(f"non-finite loss at step {st.step + 1}: {shown}; {last}")
-                lr = lr_at(spec, st.step)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.step()
-                if ema is not None:
-                    _ema_update(ema, model, spec.ema)
-                st.step += 1
-
-                for k, v in [*values.items(), ("_n", 1.0)]:
-                    st.window[k] = st.window.get(k, 0.0) + v
-                if st.step % spec.log_every == 0 or st.step == spec.steps:
-                    n = st.window.pop("_n")
-                    record = {"step": st.step, "lr": lr, "time": time.monotonic() - t0,
-                              **{k: v / n for k, v in st.window.items()}}  # fmt: skip
-                    st.window = {}
-                    if rank == 0:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                    bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
-                bar.update(1)
-
-                if st.step % spec.ckpt_every == 0 or st.step == spec.steps or stop_now:
-                    st.path = checkpoint()
-                if stop_now:
-                    bar.close()
-                    raise Interrupted(st.step, st.path)
-            bar.close()
-
-        model_path, metrics_path = out_dir / "model.pt", out_dir / "metrics.jsonl"
-        if rank == 0:
-            # model.pt, what downstream steps read, goes last and an older one first: a failed write
-            # (full disk) or a kill leaves no model.pt beside a newer metrics.jsonl, nor a pair of
-            # files that a tool would take for a finished run
-            model_path.unlink(missing_ok=True)
-            try:
-                atomic.write_text(metrics_path, "".join(_metrics_upto(live, st.step)))
-                weights = ema if ema is not None else model.state_dict()
-                save_model(
-                    model_path, weights=weights, model_spec=model_spec, config=config, meta=meta,
-                    step=st.step, ema=spec.ema, train_spec=spec.model_dump(mode="json"),
-                )  # fmt: skip
-            except BaseException:
-                metrics_path.unlink(missing_ok=True)
-                raise
-        if world > 1:
-            dist.barrier()
-    return TrainResult(st.step, model_path, metrics_path, resumed_from)
-
-
-# ------------------------------------------------------------------------- from the params file
-
-MODELS = {"energy": "energy_unet", "denoiser": "denoiser_unet"}  # --model -> models registry arch
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the params ask for one model: the section it comes from and its settings."""
-
-    section: str  # "energy" or "generalization"
-    unet: UNetSpec
-    train: TrainSpec
-    likelihood: LikelihoodSpec
-    subset: str | None = None  # "A" (first n training images) or "B" (last n)
-    n: int | None = None
-
-
-def plan_run(cfg: Config, dataset: str, subset: str | None = None, n: int | None = None) -> Plan:
-    """The `energy:` section for a dataset, or the `generalization:` one for a subset (A|B, n)."""
-    if (subset is None) != (n is None):
-        raise ConfigError("give both --subset and --n (a generalization model), or neither")
-    if subset is None:
-        if cfg.energy is None or dataset not in cfg.energy.datasets:
-            have = cfg.energy.datasets if cfg.energy else "no energy: section"
-            raise ConfigError(f"dataset {dataset!r} is not in energy.datasets ({have})")
-        return Plan("energy", cfg.energy.unet, cfg.energy.train, cfg.energy.likelihood)
-    g = cfg.generalization
-    if g is None or g.dataset != dataset:
-        raise ConfigError(
-            f"dataset {dataset!r} is not generalization.dataset "
-            f"({g.dataset if g else 'no generalization: section'})"
-        )
-    if subset not in ("A", "B") or n not in g.n:
-        raise ConfigError(f"generalization models are --subset A|B with --n in {g.n}, got {subset} {n}")
-    return Plan("generalization", g.unet, g.train, g.likelihood, subset, n)
-
-
-def run_name(model: str, plan: Plan) -> str:
-    return model if plan.subset is None else f"{model}-{plan.subset}{plan.n}"
-
-
-def train_from_config(
-    cfg: Config,
-    model: str,
-    dataset: str,
-    data_dir: Path,
-    out_dir: Path,
-    *,
-    ckpt_dir: Path | None = None,
-    subset: str | None = None,
-    n: int | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """Train the energy model (dual score matching) or the plain denoiser of the params file on a
-    prepared dataset (or on subset A/B of its first/last n training images)."""
-    from image_density.data import generalization_split, load_prepared
-    from image_density.losses import denoiser_loss, dual_score_loss
-    from image_density.models import build_model, unet_model_spec
-    from image_density.models.energy import gaussian_stats
-    from image_density.multiscale.train import STATS_IMAGES
-
-    if model not in MODELS:
-        raise ConfigError(f"--model must be one of {sorted(MODELS)}, got {model!r}")
-    plan = plan_run(cfg, dataset, subset, n)
-    data = load_prepared(data_dir)
-    rows = np.arange(len(data.train))
-    if subset is not None:
-        rows = generalization_split(len(data.train), n, subset)
-    stats = None
-    if model == "energy" and plan.unet.energy_form == "gaussian":
-        stats = gaussian_stats(data.images("train", rows[:STATS_IMAGES]))
-    model_spec = unet_model_spec(MODELS[model], data.shape[0], plan.unet, stats)
-    torch.manual_seed(plan.train.seed)
-    net = build_model(model_spec)
-    meta = {
-        "name": run_name(model, plan),
-        "model": model,
-        "dataset": dataset,
-        "section": plan.section,
-        "subset": subset,
-        "n": n,
-        "data_path": str(data_dir),
-        "shape": list(data.shape),
-        "d": data.d,
-        "quantized": data.quantized,
-        "data_sha256": data.meta["sha256"]["train.npy"],
-    }
-    objective = dual_score_loss if model == "energy" else denoiser_loss
-    images = ImageSource(len(rows), lambda i: data.images("train", rows[i]))
-    return train(
-        net,
-        objective,
-        images,
-        plan.train,
-        out_dir,
-        model_spec,
-        ckpt_dir=ckpt_dir,
-        config=cfg.model_dump(mode="json"),
-        meta=meta,
-        progress=progress,
-    )
+        run = _Run(model, objective, images, spec, model_spec, out_dir, ckpt_dir, config=config,
+                   meta=dict(meta or {}), device=device, rank=rank, world=world)  # fmt: skip
+        run.loop(stop, progress)
+        return run.publish()

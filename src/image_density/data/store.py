@@ -9,9 +9,6 @@ datasets do not fit in memory) and the whole folder appears at once by a rename.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -84,25 +81,9 @@ class NpyWriter:
 def atomic_dir(out: Path) -> Iterator[Path]:
     """A temp folder next to `out` that replaces `out` only if the block succeeds; one writer at a
     time (a second one is refused while the first holds `.<name>.lock` beside `out`)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.exclusive(atomic.lock_beside(out), f"dataset folder {out}"):
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()  # unlike mkdtemp, honours the umask
-        try:
+    with atomic.exclusive(atomic.lock_beside(Path(out)), f"dataset folder {out}"):
+        with atomic.replacing_dir(out) as tmp:
             yield tmp
-        except BaseException as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if (better := atomic.named(err, out)) is not None:
-                raise better from err
-            raise
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_meta(folder: Path, meta: dict) -> None:

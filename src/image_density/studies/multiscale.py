@@ -15,7 +15,6 @@ Every model sees the same noise (one generator, drawn once per batch and noise l
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from image_density import likelihood, units
+from image_density import atomic, likelihood, units
 from image_density.checkpoint import load_model
 from image_density.config import Config, ConfigError, LikelihoodSpec, SamplerSpec
 from image_density.data import Prepared, load_prepared
@@ -427,10 +426,8 @@ def write_png_grid(grid: np.ndarray, path: Path, min_side: int = 64, gap: int = 
     pixels = np.round(canvas * 255).astype(np.uint8)
     pixels = pixels[0] if c == 1 else pixels.transpose(1, 2, 0)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    Image.fromarray(pixels).save(tmp)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:
+        Image.fromarray(pixels).save(tmp)
     return path
 
 

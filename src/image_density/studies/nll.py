@@ -26,7 +26,7 @@ from image_density.checkpoint import load_model
 from image_density.config import Config, ConfigError
 from image_density.data import Prepared, generalization_split, load_prepared
 from image_density.models import network_label
-from image_density.train import Plan, plan_run
+from image_density.plan import Plan, plan_run
 
 KEY_COLUMNS = ["dataset", "model", "split"]
 
