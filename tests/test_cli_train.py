@@ -71,7 +71,7 @@ def test_train_then_nll(project):
     assert (state / "checkpoint.pt").exists()
     model, info = load_model(out / "model.pt")
     assert info["meta"]["name"] == "energy" and info["step"] == 2
-    assert info["model_spec"]["arch"] == "energy_unet" and info["config"]["energy"]["train"]["steps"] == 2
+    assert info["model_spec"]["arch"] == "energy_unet" and info["config"]["energy.train"]["steps"] == 2
     assert hasattr(model, "energy")
 
     # Snakemake deletes the declared outputs before a rerun: the state folder brings them back

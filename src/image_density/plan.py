@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from image_density import jobs
 from image_density.config import Config, ConfigError, LikelihoodSpec, TrainSpec, UNetSpec
 
 if TYPE_CHECKING:
@@ -104,7 +105,8 @@ def train_from_config(
         "n": n,
     }
     objective = dual_score_loss if model == "energy" else denoiser_loss
-    return train_prepared(net, objective, model_spec, plan.train, cfg, data, out_dir, meta=meta, rows=rows,
+    config = jobs.settings(jobs.training_job("train", model, subset), cfg.model_dump(mode="json"), dataset)
+    return train_prepared(net, objective, model_spec, plan.train, config, data, out_dir, meta=meta, rows=rows,
                           ckpt_dir=ckpt_dir, progress=progress)  # fmt: skip
 
 
@@ -113,7 +115,7 @@ def train_prepared(
     objective: Objective,
     model_spec: dict,
     spec: TrainSpec,
-    cfg: Config,
+    config: dict,
     data: Prepared,
     out_dir: Path,
     *,
@@ -123,7 +125,8 @@ def train_prepared(
     progress: bool = True,
 ) -> TrainResult:
     """`train.train` on a prepared dataset's training images (`rows` of them, default all); the model
-    file keeps the resolved params, `meta` and the data's provenance (its sha256 is checked on resume)."""
+    file keeps `config` (the params its job reads, jobs.settings), `meta` and the data's provenance
+    (its sha256 is checked on resume)."""
     from image_density.train import ImageSource, train
 
     meta = {
@@ -144,7 +147,7 @@ def train_prepared(
         out_dir,
         model_spec,
         ckpt_dir=ckpt_dir,
-        config=cfg.model_dump(mode="json"),
+        config=config,
         meta=meta,
         progress=progress,
     )

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from image_density import jobs
 from image_density.config import Config, ConfigError, TrainSpec
 from image_density.data import Prepared, load_prepared
 from image_density.models import build_model, unet_model_spec
@@ -30,7 +31,8 @@ from image_density.models.energy import gaussian_stats
 from image_density.multiscale.conditional import band_max, denoiser_objective, energy_objective
 from image_density.multiscale.nets import Net, Scale
 from image_density.multiscale.wavelets import pyramid
-from image_density.train import ImageSource, TrainResult, train
+from image_density.plan import train_prepared
+from image_density.train import TrainResult
 
 Family = Literal["denoiser", "energy"]
 FAMILIES = ("denoiser", "energy")
@@ -188,22 +190,7 @@ def train_scale_from_config(
         "wavelet": m.wavelet,
         "normalization": m.normalization,
         **stats,
-        "data_path": str(data_dir),
-        "shape": list(data.shape),
-        "d": data.d,
-        "quantized": data.quantized,
-        "data_sha256": data.meta["sha256"]["train.npy"],
     }
-    images = ImageSource(len(data.train), lambda i: data.images("train", i))
-    return train(
-        net,
-        objective,
-        images,
-        plan.train,
-        out_dir,
-        model_spec,
-        ckpt_dir=ckpt_dir,
-        config=cfg.model_dump(mode="json"),
-        meta=meta,
-        progress=progress,
-    )
+    config = jobs.settings(jobs.training_job("train-scale", family), cfg.model_dump(mode="json"), dataset)
+    return train_prepared(net, objective, model_spec, plan.train, config, data, out_dir, meta=meta,
+                          ckpt_dir=ckpt_dir, progress=progress)  # fmt: skip
