@@ -241,7 +241,7 @@ def _live_run(args, ckpt_dir: Path):
     name = "/".join(out.relative_to(models).parts) if out.is_relative_to(models) else str(args.out)
     # the params of what this training reads (jobs.JOBS), as the workflow's tracking logs them
     job = jobs.training_job(args.command, args.model, getattr(args, "subset", None))
-    params = jobs.settings(job, cfg.model_dump(mode="json"), args.dataset)
+    params = jobs.settings(job, cfg, args.dataset)
     tags = {**tracking.git_tags(), "config_sha256": tracking.config_sha256(params)}
     return tracking.LiveRun(ckpt_dir / LIVE_METRICS, ckpt_dir / "mlflow_run.json", "training", name,
                             params=params, tags=tags, every_s=args.live_every)  # fmt: skip

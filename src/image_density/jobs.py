@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from image_density.config import RESUMABLE_CHANGES
 
 Key = tuple[str, ...]
@@ -105,15 +107,19 @@ def keys(job: str, dataset: str | None = None, *, checks: bool = False) -> list[
     return [_parts(k, dataset) for k in declared]
 
 
-def _value(tree: Mapping[str, Any], key: Key) -> Any:
+def _value(tree: Any, key: Key) -> Any:
     node: Any = tree
     for part in key:
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node  # an absent optional section reads as None
+        if isinstance(node, Mapping):
+            node = node.get(part)
+        else:  # a config model: only this key is read (and an absent optional section reads as None)
+            node = getattr(node, part, None)
+    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node
 
 
-def settings(job: str, tree: Mapping[str, Any], dataset: str | None = None) -> dict[str, Any]:
-    """{dotted key: value} of what `job` reads, from the resolved params `tree` (defaults filled in)."""
+def settings(job: str, tree: Any, dataset: str | None = None) -> dict[str, Any]:
+    """{dotted key: value} of what `job` reads, from the resolved params: a dumped tree (defaults
+    filled in) or the Config itself, of which only these keys are read."""
     return {".".join(k): _value(tree, k) for k in keys(job, dataset)}
 
 

@@ -105,7 +105,7 @@ def train_from_config(
         "n": n,
     }
     objective = dual_score_loss if model == "energy" else denoiser_loss
-    config = jobs.settings(jobs.training_job("train", model, subset), cfg.model_dump(mode="json"), dataset)
+    config = jobs.settings(jobs.training_job("train", model, subset), cfg, dataset)
     return train_prepared(net, objective, model_spec, plan.train, config, data, out_dir, meta=meta, rows=rows,
                           ckpt_dir=ckpt_dir, progress=progress)  # fmt: skip
 

@@ -191,6 +191,6 @@ def train_scale_from_config(
         "normalization": m.normalization,
         **stats,
     }
-    config = jobs.settings(jobs.training_job("train-scale", family), cfg.model_dump(mode="json"), dataset)
+    config = jobs.settings(jobs.training_job("train-scale", family), cfg, dataset)
     return train_prepared(net, objective, model_spec, plan.train, config, data, out_dir, meta=meta,
                           ckpt_dir=ckpt_dir, progress=progress)  # fmt: skip
