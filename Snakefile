@@ -30,6 +30,7 @@ include: "workflow/rules/energy.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/multiscale.smk"
 include: "workflow/rules/studies.smk"
+include: "workflow/rules/catalogue.smk"
 include: "workflow/rules/tracking.smk"
 
 

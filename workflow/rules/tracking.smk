@@ -5,7 +5,7 @@
 # gets its study's run), and one per study or evaluation (nll, denoising, dimensionality, content,
 # toy, multiscale_denoising, multiscale_nll, superres, synthesis, metrics).
 # Importing mlflow costs ~2 s a process and a run ~25 ms, so each job logs a group of runs in one
-# process (`image-density track --runs JSON`; the runs and their files in common.smk's TRACKED). A
+# process (`image-density track --runs JSON`; the runs and their files in catalogue.smk's TRACKED). A
 # job reruns when any of its files changes, then re-logs only the runs whose files (or the git
 # commit, or the params) changed: the others are recognized by their inputs' hash and left as they
 # are. Its output, <results>/tracking/<group>.json, lists the run ids. Local jobs: seconds, no GPU.

@@ -66,18 +66,10 @@ STUDIES: dict[str, Study] = {
 }
 
 
-def _of(stem: str, name: str, dataset: str | None) -> str:
-    return f"{stem}_{dataset}" if STUDIES[name].per_dataset else stem
-
-
 def table_stem(name: str, dataset: str | None = None) -> str:
     """The main table's file stem of study `name` (of `dataset` for a per-dataset study)."""
-    return _of(STUDIES[name].table or name, name, dataset)
-
-
-def figure_stem(name: str, dataset: str | None = None) -> str:
-    """The figure's file stem below <results>/figures (.png, .pdf)."""
-    return _of(name, name, dataset)
+    stem = STUDIES[name].table or name
+    return f"{stem}_{dataset}" if STUDIES[name].per_dataset else stem
 
 
 def outputs(name: str, dataset: str | None = None) -> list[str]:
