@@ -1,5 +1,5 @@
 """Where the workflow keeps resumable training state: a folder per training, keyed by the settings a
-checkpoint must share with the run resuming it (common.smk `ckpt_dir`)."""
+checkpoint must share with the run resuming it (common.smk `ckpt_dir`, from jobs.checkpoint_key)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Paper 1's studies, one entry each: what a study needs, what it writes, its figure and its metrics.
 
 The `study` command's choices and help, its dispatch (studies/run.py), and the workflow's tracking
-catalogue (workflow/rules/common.smk) read this table; the params a study job reads are its
+catalogue (workflow/rules/catalogue.smk) read this table; the params a study job reads are its
 `jobs.JOBS["study_<name>"]`. Adding a study: its module with a `run(cfg, inputs) -> Outputs`
 function, an entry here, its job in jobs.JOBS, its rule in studies.smk and its figure in figures.py.
 Light on purpose (no torch): the CLI's --help and the workflow's parse import it.
