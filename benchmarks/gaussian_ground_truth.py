@@ -1,11 +1,13 @@
 """Ground truth for paper 1's estimators: learned energies vs the exact Gaussian field.
 
 For each dataset of the params' `energy:` section (Gaussian fields, periodic or modulated; or those
-given by --datasets): prepare, train the energy
-(dual score matching) and the plain denoiser (resumable: rerunning continues), then print one JSON
-line per figure and write results/<bench>/tables/ground_truth.csv:
+given by --datasets): prepare, train the energy (dual score matching) and the plain denoiser
+(resumable: rerunning continues), then print one JSON line per figure and write
+results/<bench>/tables/ground_truth.csv (ground_truth_<names>.csv with --datasets):
   nll          mean test NLL (bits/dim) vs the exact entropy, and per-image |NLL - exact NLL|
   wiener       denoiser MSE vs the exact Wiener filter at t in {1e-3, 1e-2, 1e-1}, in dB
+  stationary   non-periodic fields only: the same NLL error and Wiener gaps of the closest periodic
+               stationary Gaussian (GaussianEnergy.stationary), the floor of a shift-equivariant model
   parity       output PSNR of the energy vs the plain denoiser at the same t
   ode          energy NLL vs the probability-flow ODE NLL of the same model (ode_images images)
   transport    per noise level t, the model's minus the exact (t/d) E[dU/dt] and (t/2d) E[Laplacian U]
@@ -129,14 +131,23 @@ def main() -> None:
             exact_per_image_std=float(to_bits(nll_exact).std()),
             per_image_r=float(np.corrcoef(nll, nll_exact)[0, 1]),
         )
+        denoisers = {kind: m.model for kind, m in models.items()}
+        stationary = exact.stationary()
+        if stationary is not exact:
+            nll_stationary = stationary.nll_exact(x.double()).numpy()
+            emit(rows, dataset=name, figure="nll_bits_per_dim", model="stationary",
+                 value=float(to_bits(nll_stationary).mean()), exact=float(to_bits(nll_exact).mean()),
+                 error=float(to_bits(nll_stationary).mean() - to_bits(nll_exact).mean()))  # fmt: skip
+            denoisers["stationary"] = stationary
         gen = torch.Generator().manual_seed(cfg.seed)
         for t_val in WIENER_T:
             t = torch.full((len(x),), t_val)
             y, _ = add_noise(x, t, gen)
             mse_w = (exact.denoise(y.double(), t.double()).float() - x).square().mean().item()
             psnr = {}
-            for kind, m in models.items():
-                mse = (m.model.denoise(y, t).detach() - x).square().mean().item()
+            for kind, m in denoisers.items():
+                dtype = torch.float64 if kind == "stationary" else x.dtype
+                mse = (m.denoise(y.to(dtype), t.to(dtype)).detach().float() - x).square().mean().item()
                 psnr[kind] = units.mse_to_psnr(mse)
                 emit(
                     rows,

@@ -234,6 +234,25 @@ def test_modulated_samples_have_the_modulated_covariance():
     assert field.log_z() == pytest.approx(periodic.log_z() + s.log().sum().item(), rel=1e-12)
 
 
+def test_stationary_projection_is_the_dft_diagonal_of_the_covariance(field_and_cov):
+    """GaussianEnergy.stationary: spectrum diag(F Sigma F^H) (F the unitary 2-D DFT, built densely),
+    same mean; the periodic field is its own projection; a modulated one loses NLL (KL > 0)."""
+    field, cov = field_and_cov
+    proj = field.stationary()
+    dft = torch.fft.fft2(torch.eye(16, dtype=F64).reshape(16, 4, 4), norm="ortho").reshape(16, 16).T
+    for ch in range(2):
+        block = cov[16 * ch : 16 * (ch + 1), 16 * ch : 16 * (ch + 1)].to(dft.dtype)
+        want = (dft @ block @ dft.conj().T).diagonal().real.reshape(4, 4)
+        torch.testing.assert_close(proj.eigenvalues[ch], want)
+    x = field.sample(2000, torch.Generator().manual_seed(5))
+    excess = (proj.nll_exact(x) - field.nll_exact(x)).mean().item()
+    if field.eigenvectors is None:
+        assert proj is field
+    else:
+        kl = 0.5 * (torch.log(proj.eigenvalues).sum() - torch.log(field.eigenvalues).sum()).item()
+        assert kl > 0.5 and excess == pytest.approx(kl, rel=0.1)
+
+
 def test_gaussian_energy_rejects_bad_spectra():
     lam = field_eigenvalues(1, 4)
     with pytest.raises(ValueError, match="real field"):

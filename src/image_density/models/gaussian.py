@@ -85,6 +85,19 @@ class GaussianEnergy(nn.Module):
             vec.append(vec_c)
         return cls(torch.stack(lam), mean, torch.stack(vec))
 
+    def stationary(self) -> GaussianEnergy:
+        """The periodic stationary Gaussian closest to this one in KL(p || q), same mean: its DFT
+        spectrum is q_k = E|x_k|^2, the diagonal of F Sigma F^H (= sum_j lambda_j |(F v_j)_k|^2). Itself
+        for a DFT-diagonal field. The best a shift-equivariant model (e.g. a circular-padded network)
+        can reach on a non-periodic field: its excess NLL is that KL."""
+        if self.eigenvectors is None:
+            return self
+        c, h, w = self.shape
+        v = self.eigenvectors.transpose(1, 2).reshape(c, h * w, h, w)  # eigenvector j as an image
+        power = torch.fft.fft2(v, norm="ortho").abs().square()  # (C, HW, H, W)
+        q = torch.einsum("cj,cjhw->chw", self.eigenvalues.flatten(1), power)
+        return GaussianEnergy(q, self.mean)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.eigenvalues.shape)
