@@ -184,7 +184,7 @@ def test_generalization_sees_memorization(field):
     """N = 1: each model a narrow Gaussian around its own training image prefers that image."""
     lam, g = field
     x = g.sample(10, torch.Generator().manual_seed(3))
-    a, b = (GaussianEnergy(lam * 0.01, mean=x[i]) for i in (0, 1))
+    a, b = (GaussianEnergy(lam * 0.01, mean=x[i], eigenvectors=g.eigenvectors) for i in (0, 1))
     sets = {"A": x[:1], "B": x[1:2], "test": x[2:]}
     _, summary = generalization_study(
         {1: (exact(a, "A1"), exact(b, "B1"))},
