@@ -253,6 +253,24 @@ def test_stationary_projection_is_the_dft_diagonal_of_the_covariance(field_and_c
         assert kl > 0.5 and excess == pytest.approx(kl, rel=0.1)
 
 
+def test_gaussian_energy_of_any_covariance_from_its_eigh():
+    """README, "Your own Gaussian data": GaussianEnergy(lam, mu, vec) from eigh(cov) of a covariance
+    that no field generates is N(mu, cov): its NLL at t and its Wiener filter."""
+    a = torch.randn(16, 16, generator=torch.Generator().manual_seed(8), dtype=F64)
+    cov = a @ a.T / 16 + 0.01 * torch.eye(16, dtype=F64)
+    lam, vec = torch.linalg.eigh(cov)
+    g = GaussianEnergy(lam.reshape(1, 4, 4), 0.5, vec[None])
+    y = g.sample(4, torch.Generator().manual_seed(9))
+    for t in (0.0, 0.3):
+        ref = torch.distributions.MultivariateNormal(
+            torch.full((16,), 0.5, dtype=F64), cov + t * torch.eye(16)
+        )
+        torch.testing.assert_close(g.nll_exact(y, t), -ref.log_prob(y.flatten(1)))
+    t = torch.full((4,), 0.3, dtype=F64)
+    wiener = 0.5 + (y.flatten(1) - 0.5) @ torch.linalg.solve(cov + 0.3 * torch.eye(16, dtype=F64), cov)
+    torch.testing.assert_close(g.denoise(y, t).flatten(1), wiener)
+
+
 def test_gaussian_energy_rejects_bad_spectra():
     lam = field_eigenvalues(1, 4)
     with pytest.raises(ValueError, match="real field"):
