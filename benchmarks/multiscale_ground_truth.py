@@ -24,9 +24,9 @@ import torch
 from image_density import units
 from image_density.config import load_config
 from image_density.data import load_prepared, prepare_dataset
-from image_density.models.gaussian import GaussianEnergy
 from image_density.multiscale.train import Net, train_scale_from_config
 from image_density.studies.multiscale import load_scale_models, multiscale_nll, training_lowpasses
+from image_density.studies.nll import exact_gaussian
 
 
 def emit(rows: list[dict], **row) -> None:
@@ -68,7 +68,7 @@ def main() -> None:
         x = data.images("test")
         table, per_image = multiscale_nll(energies, x, lows, spec, quantized=False, generator=gen,
                                           batch_size=spec.batch)  # fmt: skip
-        exact = GaussianEnergy(torch.from_numpy(np.asarray(data.eigenvalues)), cfg.datasets[name].mean)
+        exact = exact_gaussian(data)
         exact_bits = units.nll_bits_per_dim(exact.nll_exact(x.double()).numpy(), data.d, quantized=False)
         for row in table.to_dict("records"):
             nll = row["nll_bits_per_dim"]

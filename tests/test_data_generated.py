@@ -76,6 +76,52 @@ def test_samples_have_the_circulant_covariance():
     assert np.abs(flat.mean(0) - 0.3).max() < 6 * 0.2 / math.sqrt(m)
 
 
+def ramp(n: int, r: float) -> np.ndarray:
+    """The std map of GaussianFieldData.std_ratio r, written out: r^(t/2) with t = (i + j) / (n - 1)
+    from 0 (top-left) to 2 (bottom-right), scaled to mean square 1. (n^2,)"""
+    s = np.array([[r ** ((i + j) / (2 * (n - 1))) for j in range(n)] for i in range(n)]).reshape(-1)
+    return s / math.sqrt(np.mean(s**2))
+
+
+def test_modulated_field_covariance_samples_and_entropy():
+    """std_ratio r: Cov(x) = D C D with D = diag(s) (the samples' covariance, to sampling error), pixel
+    std from std s_min to std s_max (non-stationary; RMS still std), entropy = 1/2 log det(2 pi e D C D)."""
+    n, m, r = 4, 40_000, 3.0
+    f = GaussianField(field_spec(n, channels=2, mean=0.3, std_ratio=r))
+    s = ramp(n, r)
+    np.testing.assert_allclose(f.modulation.reshape(2, -1), np.stack([s, s]), rtol=1e-12)
+    true = s[:, None] * circulant_covariance(f.eigenvalues[0]) * s[None]  # (n^2, n^2) per channel
+    assert np.diag(true).max() / np.diag(true).min() == pytest.approx(r**2)
+    assert np.diag(true).mean() == pytest.approx(0.2**2)
+    x = f.sample(m, torch.Generator().manual_seed(0)).numpy().reshape(m, 2, -1)
+    se = np.diag(true).max() * math.sqrt(2 / m)
+    for ch in range(2):
+        assert np.abs(np.cov(x[:, ch], rowvar=False) - true).max() < 6 * se
+    _, logdet = np.linalg.slogdet(2 * np.pi * np.e * true)
+    assert f.entropy_nats() == pytest.approx(logdet, rel=1e-10)  # two channels, 1/2 log det each
+
+
+def test_modulated_field_prepared_with_its_exact_model(tmp_path):
+    """The prepared folder carries the modulation; studies' exact model (nll.exact_gaussian) is the dense
+    N(mean, D C D) and the NLL table's exact column is the field's entropy; std_ratio 1 keeps the
+    periodic folder as it was (no modulation.npy, DFT basis)."""
+    from image_density.studies.nll import exact_bits_per_dim, exact_gaussian
+
+    sp = field_spec(4, n_train=8, n_test=4, std_ratio=2.0, mean=0.4)
+    p = load_prepared(prepare_dataset(sp, tmp_path / "m", "m"))
+    assert np.array_equal(p.modulation[0].reshape(-1), ramp(4, 2.0))
+    g = exact_gaussian(p)
+    s = ramp(4, 2.0)
+    cov = torch.from_numpy(s[:, None] * circulant_covariance(p.eigenvalues[0]) * s[None])
+    x = p.images("test").double()
+    ref = torch.distributions.MultivariateNormal(torch.full((16,), 0.4, dtype=torch.float64), cov)
+    torch.testing.assert_close(g.nll_exact(x), -ref.log_prob(x.flatten(1)))
+    assert exact_bits_per_dim(p) == pytest.approx(p.meta["entropy"]["bits_per_dim"], rel=1e-10)
+    periodic = load_prepared(prepare_dataset(field_spec(4), tmp_path / "p", "p"))
+    assert periodic.modulation is None and not (tmp_path / "p" / "modulation.npy").exists()
+    assert exact_gaussian(periodic).eigenvectors is None
+
+
 def test_gaussian_field_prepared(tmp_path):
     s = field_spec(8, n_train=1500, n_test=10, seed=3)
     p = load_prepared(prepare_dataset(s, tmp_path / "f", "f"))

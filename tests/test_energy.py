@@ -152,13 +152,31 @@ def _dense_covariance(lam: torch.Tensor) -> torch.Tensor:
     return torch.block_diag(*blocks)
 
 
+def _modulation(c: int, n: int) -> torch.Tensor:
+    """A positive, rough (not smooth, not periodic), channel-dependent std map s (C, n, n)."""
+    return torch.exp(0.4 * torch.randn(c, n, n, generator=torch.Generator().manual_seed(7), dtype=F64))
+
+
+@pytest.fixture(params=["periodic", "modulated"])
+def field_and_cov(request):
+    """(GaussianEnergy, its dense covariance (d, d), built apart): the periodic field, or the same
+    field modulated (x = m + s z, Cov = D C D with D = diag(s), a dense eigenbasis in GaussianEnergy)."""
+    periodic = gaussian_model(channels=2, size=4, mean=0.3)
+    cov = _dense_covariance(periodic.eigenvalues)
+    if request.param == "periodic":
+        return periodic, cov
+    s = _modulation(2, 4)
+    d_s = torch.diag(s.flatten())
+    return GaussianEnergy.field(periodic.eigenvalues, 0.3, s), d_s @ cov @ d_s
+
+
 @pytest.fixture
-def field():
-    return gaussian_model(channels=2, size=4, mean=0.3)
+def field(field_and_cov):
+    return field_and_cov[0]
 
 
-def test_gaussian_energy_matches_a_dense_multivariate_normal(field):
-    cov = _dense_covariance(field.eigenvalues)
+def test_gaussian_energy_matches_a_dense_multivariate_normal(field_and_cov):
+    field, cov = field_and_cov
     d = cov.shape[0]
     y = field.sample(5, torch.Generator().manual_seed(0))
     for t in (0.0, 1e-3, 10.0):
@@ -171,8 +189,8 @@ def test_gaussian_energy_matches_a_dense_multivariate_normal(field):
     torch.testing.assert_close(field.energy(y, t) + field.log_z(), field.nll_exact(y, 0.7))
 
 
-def test_gaussian_denoise_is_the_wiener_filter(field):
-    cov = _dense_covariance(field.eigenvalues)
+def test_gaussian_denoise_is_the_wiener_filter(field_and_cov):
+    field, cov = field_and_cov
     d = cov.shape[0]
     y = field.sample(3, torch.Generator().manual_seed(1)) + 0.2 * torch.randn(3, 2, 4, 4, dtype=F64)
     t = torch.tensor([1e-3, 0.04, 5.0], dtype=F64)
@@ -202,6 +220,57 @@ def test_gaussian_samples_have_the_spectrum():
     assert x.dtype == F64 and torch.allclose(x.mean(), torch.tensor(0.5, dtype=F64), atol=2e-3)
 
 
+def test_modulated_samples_have_the_modulated_covariance():
+    """x = m + s z: the sample covariance of GaussianEnergy.field's samples is D C D (not C, not
+    D^2 C D^2), and its exact log Z is that of the periodic field + sum log s (log det D C D)."""
+    periodic = gaussian_model(channels=1, size=4, mean=0.5)
+    s = _modulation(1, 4)
+    field = GaussianEnergy.field(periodic.eigenvalues, 0.5, s)
+    x = field.sample(40_000, torch.Generator().manual_seed(4)).flatten(1)  # (m, 16)
+    d_s = torch.diag(s.flatten())
+    true = d_s @ _dense_covariance(periodic.eigenvalues) @ d_s
+    se = true.diagonal().max() * (2 / len(x)) ** 0.5  # standard error of a covariance entry (at most)
+    assert (torch.cov(x.T) - true).abs().max() < 6 * se
+    assert field.log_z() == pytest.approx(periodic.log_z() + s.log().sum().item(), rel=1e-12)
+
+
+def test_stationary_projection_is_the_dft_diagonal_of_the_covariance(field_and_cov):
+    """GaussianEnergy.stationary: spectrum diag(F Sigma F^H) (F the unitary 2-D DFT, built densely),
+    same mean; the periodic field is its own projection; a modulated one loses NLL (KL > 0)."""
+    field, cov = field_and_cov
+    proj = field.stationary()
+    dft = torch.fft.fft2(torch.eye(16, dtype=F64).reshape(16, 4, 4), norm="ortho").reshape(16, 16).T
+    for ch in range(2):
+        block = cov[16 * ch : 16 * (ch + 1), 16 * ch : 16 * (ch + 1)].to(dft.dtype)
+        want = (dft @ block @ dft.conj().T).diagonal().real.reshape(4, 4)
+        torch.testing.assert_close(proj.eigenvalues[ch], want)
+    x = field.sample(2000, torch.Generator().manual_seed(5))
+    excess = (proj.nll_exact(x) - field.nll_exact(x)).mean().item()
+    if field.eigenvectors is None:
+        assert proj is field
+    else:
+        kl = 0.5 * (torch.log(proj.eigenvalues).sum() - torch.log(field.eigenvalues).sum()).item()
+        assert kl > 0.5 and excess == pytest.approx(kl, rel=0.1)
+
+
+def test_gaussian_energy_of_any_covariance_from_its_eigh():
+    """README, "Your own Gaussian data": GaussianEnergy(lam, mu, vec) from eigh(cov) of a covariance
+    that no field generates is N(mu, cov): its NLL at t and its Wiener filter."""
+    a = torch.randn(16, 16, generator=torch.Generator().manual_seed(8), dtype=F64)
+    cov = a @ a.T / 16 + 0.01 * torch.eye(16, dtype=F64)
+    lam, vec = torch.linalg.eigh(cov)
+    g = GaussianEnergy(lam.reshape(1, 4, 4), 0.5, vec[None])
+    y = g.sample(4, torch.Generator().manual_seed(9))
+    for t in (0.0, 0.3):
+        ref = torch.distributions.MultivariateNormal(
+            torch.full((16,), 0.5, dtype=F64), cov + t * torch.eye(16)
+        )
+        torch.testing.assert_close(g.nll_exact(y, t), -ref.log_prob(y.flatten(1)))
+    t = torch.full((4,), 0.3, dtype=F64)
+    wiener = 0.5 + (y.flatten(1) - 0.5) @ torch.linalg.solve(cov + 0.3 * torch.eye(16, dtype=F64), cov)
+    torch.testing.assert_close(g.denoise(y, t).flatten(1), wiener)
+
+
 def test_gaussian_energy_rejects_bad_spectra():
     lam = field_eigenvalues(1, 4)
     with pytest.raises(ValueError, match="real field"):
@@ -212,6 +281,10 @@ def test_gaussian_energy_rejects_bad_spectra():
         GaussianEnergy(lam[0])
     with pytest.raises(ValueError, match="shape"):
         GaussianEnergy(lam).energy(torch.zeros(1, 1, 8, 8, dtype=F64), torch.ones(1, dtype=F64))
+    with pytest.raises(ValueError, match="modulation must be positive"):
+        GaussianEnergy.field(lam, 0.5, -torch.ones_like(lam))
+    with pytest.raises(ValueError, match="eigenvectors must have shape"):
+        GaussianEnergy(lam, 0.5, torch.eye(4, dtype=F64)[None])
 
 
 # ------------------------------------------------------------------------------------ registry

@@ -17,11 +17,10 @@ from _gaussian import gaussian_model
 from image_density import cli, units
 from image_density.config import load_config
 from image_density.data import load_prepared, prepare_dataset
-from image_density.models.gaussian import GaussianEnergy
 from image_density.multiscale.train import train_scale_from_config
 from image_density.plan import train_from_config
 from image_density.studies.multiscale import load_scale_models, multiscale_nll, training_lowpasses
-from image_density.studies.nll import load_study_model
+from image_density.studies.nll import exact_gaussian, load_study_model
 from image_density.tables import read_rows
 
 PARAMS = Path(__file__).with_name("params_ground_truth.yaml")
@@ -60,7 +59,7 @@ def test_trained_energy_nll_matches_the_exact_entropy(tmp_path):
     model, _ = load_study_model(cfg, out / "model.pt", data_dir)
     data = load_prepared(data_dir)
     x = data.images("test")
-    exact = GaussianEnergy(torch.from_numpy(np.asarray(data.eigenvalues)), cfg.datasets["field8"].mean)
+    exact = exact_gaussian(data)
     nll = units.nll_bits_per_dim(-model.log_p_nats(x).numpy(), data.d, quantized=False)
     nll_exact = units.nll_bits_per_dim(exact.nll_exact(x.double()).numpy(), data.d, quantized=False)
     assert abs(nll.mean() - nll_exact.mean()) < tol, (nll.mean(), nll_exact.mean())
@@ -97,7 +96,7 @@ def test_trained_multiscale_energies_nll_matches_the_exact_entropy(tmp_path):
     lows = training_lowpasses(data, 1, m.wavelet, m.normalization, spec.logz_images, gen)
     x = data.images("test")
     table, _ = multiscale_nll(energies, x, lows, spec, quantized=False, generator=gen)
-    exact = GaussianEnergy(torch.from_numpy(np.asarray(data.eigenvalues)), cfg.datasets["field8"].mean)
+    exact = exact_gaussian(data)
     nll_exact = units.nll_bits_per_dim(exact.nll_exact(x.double()).numpy(), data.d, quantized=False)
     error = table["nll_bits_per_dim"].iloc[0] - nll_exact.mean()
     assert abs(error) < tol, error

@@ -35,10 +35,16 @@ SIZE = 8
 D = SIZE * SIZE
 
 
-@pytest.fixture(scope="module")
-def field():
-    f = GaussianField(GaussianFieldData(kind="gaussian_field", size=SIZE, n_train=1, n_test=1))
-    return torch.from_numpy(f.eigenvalues), GaussianEnergy(torch.from_numpy(f.eigenvalues), mean=0.5)
+@pytest.fixture(scope="module", params=[1.0, 3.0], ids=["periodic", "modulated"])
+def field(request):
+    """(covariance eigenvalues, exact model) of a periodic field, and of a non-periodic one (std_ratio
+    3: the dense eigenbasis of GaussianEnergy.field)."""
+    f = GaussianField(
+        GaussianFieldData(kind="gaussian_field", size=SIZE, n_train=1, n_test=1, std_ratio=request.param)
+    )
+    s = None if f.modulation is None else torch.from_numpy(f.modulation)
+    g = GaussianEnergy.field(torch.from_numpy(f.eigenvalues), 0.5, s)
+    return g.eigenvalues, g
 
 
 def exact(model: GaussianEnergy, name: str = "exact") -> StudyModel:
@@ -178,7 +184,7 @@ def test_generalization_sees_memorization(field):
     """N = 1: each model a narrow Gaussian around its own training image prefers that image."""
     lam, g = field
     x = g.sample(10, torch.Generator().manual_seed(3))
-    a, b = (GaussianEnergy(lam * 0.01, mean=x[i]) for i in (0, 1))
+    a, b = (GaussianEnergy(lam * 0.01, mean=x[i], eigenvectors=g.eigenvectors) for i in (0, 1))
     sets = {"A": x[:1], "B": x[1:2], "test": x[2:]}
     _, summary = generalization_study(
         {1: (exact(a, "A1"), exact(b, "B1"))},

@@ -87,10 +87,12 @@ class _Generated(Strict):
 
 
 class GaussianFieldData(_Generated):
-    """Periodic stationary Gaussian field, continuous (not quantized, not clipped); power spectrum
-    S(k) = c (1 + (k_y/k0)^2 + (k_x/(aspect k0))^2)^(-gamma/2), k the integer frequencies on the
-    size x size DFT grid, c chosen so the pixel std is `std`; aspect 1: isotropic; channels
-    independent (see data/gaussian_field.py)."""
+    """Gaussian field, continuous (not quantized, not clipped): mean + s(i, j) z, z periodic stationary
+    with power spectrum S(k) = c (1 + (k_y/k0)^2 + (k_x/(aspect k0))^2)^(-gamma/2), k the integer
+    frequencies on the size x size DFT grid, c chosen so the (RMS) pixel std is `std`; aspect 1:
+    isotropic; channels independent. std_ratio 1: s = 1 (periodic, stationary); otherwise the pixel
+    std grows geometrically by std_ratio from the top-left to the bottom-right pixel (non-periodic,
+    non-stationary, still an exact entropy; see data/gaussian_field.py)."""
 
     kind: Literal["gaussian_field"]
     size: PositiveInt
@@ -100,6 +102,7 @@ class GaussianFieldData(_Generated):
     aspect: PositiveFloat = 1.0
     mean: float = 0.5
     std: PositiveFloat = 0.1
+    std_ratio: PositiveFloat = 1.0
 
 
 class DeadLeavesData(_Generated):

@@ -1,4 +1,4 @@
-"""Periodic stationary Gaussian fields: the project's ground truth (exact entropy and spectrum).
+"""Gaussian fields: the project's ground truth (exact entropy, covariance and noisy densities).
 
 On the n x n grid with periodic boundaries, the DFT frequencies are the integer pairs
 k = (k_y, k_x), k_i in {-n/2, ..., n/2 - 1} (numpy's `fftfreq(n) * n`), and |k| = sqrt(k_y^2 + k_x^2).
@@ -8,11 +8,20 @@ The power spectrum is
 
 with c set so that the pixel variance, mean_k S(k), is std^2. Sampling
 
-    x = mean + real(ifft2(sqrt(S) * fft2(w, norm="ortho"), norm="ortho")),  w ~ N(0, I)
+    z = real(ifft2(sqrt(S) * fft2(w, norm="ortho"), norm="ortho")),  w ~ N(0, I)
 
-gives x ~ N(mean, Sigma) with Sigma = F^H diag(S) F circulant (F the unitary 2-D DFT): its
-eigenvalues are exactly S on the grid. S(k) = S(-k), so the ifft is real up to rounding.
-Channels are independent with the same spectrum. Entropy: H = 1/2 sum_k log(2 pi e lambda_k).
+gives z ~ N(0, C) with C = F^H diag(S) F circulant (F the unitary 2-D DFT): its eigenvalues are
+exactly S on the grid. S(k) = S(-k), so the ifft is real up to rounding. The field is
+
+    x = mean + s * z,    s(i, j) = r^((i + j) / (2 (n - 1))) / norm,   norm^2 = mean_ij r^((i + j) / (n - 1)),
+
+with r = std_ratio: the pixel std grows geometrically by r from the top-left to the bottom-right pixel
+and its RMS stays `std`. r = 1 (s = 1): periodic and stationary. r != 1: neither (the pixel variance
+varies, and wraps around with a jump), yet Cov(x) = D C D with D = diag(s) keeps an exact entropy,
+    H = 1/2 sum_k log(2 pi e S(k)) + sum_ij log s(i, j)        (log det D C D = log det C + 2 log det D).
+A modulation keeps the clean density closed-form, where a windowed or Dirichlet field would not.
+Channels are independent with the same spectrum and modulation. The noisy covariance D C D + t I is no
+longer diagonal in any fixed basis: models/gaussian.py GaussianEnergy.field diagonalizes it densely.
 """
 
 from __future__ import annotations
@@ -35,21 +44,36 @@ def spectrum(n: int, gamma: float, k0: float, std: float, aspect: float = 1.0) -
     return s * (std**2 / s.mean())
 
 
+def modulation(n: int, std_ratio: float) -> np.ndarray:
+    """s(i, j) = std_ratio^((i + j) / (2 (n - 1))), normalized so that mean(s^2) = 1. (n, n)"""
+    i = np.arange(n)
+    ramp = (i[:, None] + i[None, :]) / (2.0 * max(n - 1, 1))  # 0 at the top-left, 1 at the bottom-right
+    s = std_ratio**ramp
+    return s / np.sqrt(np.mean(s**2))
+
+
 class GaussianField:
-    """The field of a `GaussianFieldData` spec: its spectrum, exact entropy and a sampler."""
+    """The field of a `GaussianFieldData` spec: its spectrum (eigenvalues of the stationary part z),
+    its modulation s (None when std_ratio is 1), exact entropy and a sampler."""
 
     def __init__(self, spec: GaussianFieldData):
         self.spec = spec
+        c = spec.channels
         s = spectrum(spec.size, spec.gamma, spec.k0, spec.std, spec.aspect)
-        self.eigenvalues = np.broadcast_to(s, (spec.channels, *s.shape)).copy()  # (C, n, n) float64
+        self.eigenvalues = np.broadcast_to(s, (c, *s.shape)).copy()  # (C, n, n) float64
+        self.modulation = None
+        if spec.std_ratio != 1.0:
+            m = modulation(spec.size, spec.std_ratio)
+            self.modulation = np.broadcast_to(m, (c, *m.shape)).copy()  # (C, n, n) float64
 
     @property
     def d(self) -> int:
         return self.eigenvalues.size
 
     def entropy_nats(self) -> float:
-        """Differential entropy 1/2 sum_k log(2 pi e lambda_k) of the whole image, in nats."""
-        return gaussian_entropy_nats(torch.from_numpy(self.eigenvalues))
+        """Differential entropy 1/2 sum_k log(2 pi e lambda_k) + sum log s of the whole image, in nats."""
+        log_det_s = 0.0 if self.modulation is None else float(np.log(self.modulation).sum())
+        return gaussian_entropy_nats(torch.from_numpy(self.eigenvalues)) + log_det_s
 
     def entropy_bits_per_dim(self) -> float:
         return nats_to_bits(self.entropy_nats()) / self.d
@@ -59,8 +83,10 @@ class GaussianField:
         c, h, w = self.eigenvalues.shape
         white = torch.randn((n, c, h, w), generator=generator, dtype=torch.float64)
         root = torch.from_numpy(np.sqrt(self.eigenvalues))
-        x = torch.fft.ifft2(root * torch.fft.fft2(white, norm="ortho"), norm="ortho").real
-        return self.spec.mean + x
+        z = torch.fft.ifft2(root * torch.fft.fft2(white, norm="ortho"), norm="ortho").real
+        if self.modulation is not None:
+            z = torch.from_numpy(self.modulation) * z
+        return self.spec.mean + z
 
 
 def source(spec: GaussianFieldData) -> Source:
@@ -80,7 +106,10 @@ def source(spec: GaussianFieldData) -> Source:
         dtype=np.dtype(np.float32),
         chunks={"train": chunks("train", spec.n_train), "test": chunks("test", spec.n_test)},
         source={"generator": "gaussian_field", **spec.model_dump(mode="json")},
-        extras={"eigenvalues.npy": field.eigenvalues},
+        extras={
+            "eigenvalues.npy": field.eigenvalues,
+            **({} if field.modulation is None else {"modulation.npy": field.modulation}),
+        },
         meta={
             "entropy": {
                 "nats": nats,

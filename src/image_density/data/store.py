@@ -1,9 +1,10 @@
 """The on-disk form of a prepared dataset and its atomic writing.
 
 A prepared dataset is a folder with `train.npy`, `test.npy` (N, C, H, W) — uint8 for 8-bit data,
-float32 for continuous data — optional extra arrays (`eigenvalues.npy`) and `meta.json`, which holds
-the sha256 of every array file. Arrays are streamed chunk by chunk into `.npy` files (paper-scale
-datasets do not fit in memory) and the whole folder appears at once by a rename.
+float32 for continuous data — optional extra arrays (`eigenvalues.npy`, `modulation.npy`) and
+`meta.json`, which holds the sha256 of every array file. Arrays are streamed chunk by chunk into
+`.npy` files (paper-scale datasets do not fit in memory) and the whole folder appears at once by a
+rename.
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ class Prepared:
     train: np.ndarray  # (N_train, C, H, W) np.memmap
     test: np.ndarray  # (N_test, C, H, W) np.memmap
     meta: dict
-    eigenvalues: np.ndarray | None = field(default=None)  # (C, H, W) data covariance spectrum
+    # a generated Gaussian field (data/gaussian_field.py): the spectrum of its stationary part z, and
+    # its modulation s where it is not periodic (x = mean + s z)
+    eigenvalues: np.ndarray | None = field(default=None)  # (C, H, W)
+    modulation: np.ndarray | None = field(default=None)  # (C, H, W)
 
     @property
     def quantized(self) -> bool:
@@ -159,5 +163,6 @@ def load_prepared(path: str | Path, verify: bool = True) -> Prepared:
                 f"prepared dataset {path}: {s}.npy has shape {a.shape}, {META} says "
                 f"({meta[f'n_{s}']}, *{meta['shape']})"
             )
-    eig = path / "eigenvalues.npy"
-    return Prepared(path, arrays["train"], arrays["test"], meta, np.load(eig) if eig.is_file() else None)
+    extra = {name: path / f"{name}.npy" for name in ("eigenvalues", "modulation")}
+    extra = {name: np.load(f) if f.is_file() else None for name, f in extra.items()}
+    return Prepared(path, arrays["train"], arrays["test"], meta, **extra)

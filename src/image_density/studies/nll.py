@@ -25,7 +25,7 @@ from image_density import likelihood, units
 from image_density.checkpoint import load_model
 from image_density.config import Config, ConfigError
 from image_density.data import Prepared, generalization_split, load_prepared
-from image_density.models import network_label
+from image_density.models import GaussianEnergy, network_label
 from image_density.plan import Plan, plan_run
 
 KEY_COLUMNS = ["dataset", "model", "split"]
@@ -94,8 +94,9 @@ def _model_log_z(
     x_z = train_data.images("train", rows)  # (n_logz, C, H, W)
     eig = None
     if spec.spectral_refinement:
-        if train_data.eigenvalues is not None:
-            eig = torch.from_numpy(np.asarray(train_data.eigenvalues, dtype=np.float64))
+        exact = exact_gaussian(train_data)
+        if exact is not None:
+            eig = exact.eigenvalues
         elif len(x_z) >= 2:
             eig = likelihood.data_covariance_eigenvalues(x_z)
     log_z = likelihood.log_z(
@@ -192,11 +193,21 @@ def evaluate_nll(
 # ---------------------------------------------------------------------- reference values, study
 
 
-def exact_bits_per_dim(data: Prepared) -> float | None:
-    """The true mean NLL (the entropy) of data with a known Gaussian spectrum, else None."""
+def exact_gaussian(data: Prepared) -> GaussianEnergy | None:
+    """The true model of a generated Gaussian field (periodic or modulated), None for other data."""
     if data.eigenvalues is None:
         return None
-    entropy = likelihood.gaussian_entropy_nats(torch.from_numpy(np.asarray(data.eigenvalues)))
+    spectrum = torch.from_numpy(np.asarray(data.eigenvalues, dtype=np.float64))
+    s = None if data.modulation is None else torch.from_numpy(np.asarray(data.modulation, dtype=np.float64))
+    return GaussianEnergy.field(spectrum, data.meta.get("source", {}).get("mean", 0.0), s)
+
+
+def exact_bits_per_dim(data: Prepared) -> float | None:
+    """The true mean NLL (the entropy) of a generated Gaussian field, else None."""
+    exact = exact_gaussian(data)
+    if exact is None:
+        return None
+    entropy = likelihood.gaussian_entropy_nats(exact.eigenvalues)
     return float(units.nll_bits_per_dim(entropy, data.d, data.quantized))
 
 

@@ -20,13 +20,18 @@ import torch
 from image_density import units
 from image_density.config import Config, ConfigError
 from image_density.data import Prepared, generalization_split, load_prepared
-from image_density.models import GaussianEnergy
 from image_density.noise import t_grid
 from image_density.studies.content import affine_sweep, content_study
 from image_density.studies.denoising import denoising_study
 from image_density.studies.dimensionality import dimensionality_study
 from image_density.studies.generalization import generalization_study
-from image_density.studies.nll import StudyModel, is_paper_colour_data, load_study_model, nll_study
+from image_density.studies.nll import (
+    StudyModel,
+    exact_gaussian,
+    is_paper_colour_data,
+    load_study_model,
+    nll_study,
+)
 from image_density.studies.registry import STUDIES
 from image_density.studies.toy import mode_levels, toy_study
 
@@ -45,12 +50,9 @@ class Inputs:
 
 
 def exact_model(data: Prepared, name: str = "exact") -> StudyModel | None:
-    """The true model of a generated Gaussian field (GaussianEnergy), None for other data."""
-    if data.eigenvalues is None:
-        return None
-    mean = data.meta.get("source", {}).get("mean", 0.0)
-    g = GaussianEnergy(torch.from_numpy(np.asarray(data.eigenvalues, dtype=np.float64)), mean)
-    return StudyModel(name, g, g.log_z(), 0.0, "exact")
+    """The true model of a generated Gaussian field (nll.exact_gaussian), None for other data."""
+    g = exact_gaussian(data)
+    return None if g is None else StudyModel(name, g, g.log_z(), 0.0, "exact")
 
 
 def _device() -> torch.device:
@@ -140,7 +142,8 @@ def run_dimensionality(cfg: Config, given: Inputs) -> Outputs:
     log_p = (
         None if ranker is None else units.log_p_db_per_dim(ranker.log_p_nats(x, batch), run.data.d).numpy()
     )
-    eig = None if run.data.eigenvalues is None else torch.from_numpy(np.asarray(run.data.eigenvalues))
+    exact = exact_gaussian(run.data)
+    eig = None if exact is None else exact.eigenvalues
     table = dimensionality_study(
         run.models, x, t_grid(spec.t_min, spec.t_max, spec.n_t), dataset=run.dataset, draws=spec.draws,
         log_p_x_db=log_p, n_extremes=spec.n_extremes, eigenvalues=eig, generator=run.generator,
