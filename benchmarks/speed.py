@@ -8,8 +8,14 @@ least load-sensitive figure with 1 thread (with 2, OpenMP's spinning counts too)
     python benchmarks/speed.py                     # every figure, paper and demo sizes (minutes)
     python benchmarks/speed.py --figures step nll  # some of them
     python benchmarks/speed.py --tiny              # seconds: a smoke run on a tiny UNet
+    python benchmarks/speed.py --figures goals     # issue 18's goals, pass/fail (a few minutes)
 
 Figures:
+  goals     issue 18's figures at the release's network, grayscale 32x32, batch 64, 2 threads, one
+            line each with its goal and pass/fail: energy step, denoiser step, their ratio, forward,
+            backward, NLL images/s (plain and the fast path, likelihood.nll(compile=True)) and the
+            fast path's NLL change in bits/dim. Medians of interleaved repeats; the absolute goals are
+            the release's quiet-machine figures, so on a loaded machine only the ratios are firm.
   step      forward, forward with graph, plain backward, denoiser step, dual-score loss (forward +
             the VJP giving grad_y U, with graph), energy step (+ the double backward), Adam alone;
             ratios energy/denoiser, backward/forward (plain: denoiser step vs forward with graph;
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -46,7 +53,7 @@ from image_density.models import build_model
 from image_density.noise import sample_log_uniform_t
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ("step", "nll", "loader", "memory", "scaling", "snakemake")
+FIGURES = ("goals", "step", "nll", "loader", "memory", "scaling", "snakemake")
 
 # The release's UNet (METHOD.md; params/paper.yaml) and the demo's (params/demo.yaml energy.unet);
 # tiny: smoke tests.
@@ -61,6 +68,11 @@ ENERGY_FORM = {"paper": "pure", "demo": "offset", "tiny": "offset"}
 # (unet, size, batch) of the step figure: the issue's two settings
 STEP_CASES = [("paper", 32, 64), ("demo", 16, 32)]
 T_RANGE = (1e-5, 1e3)
+
+# The release's figures for the goals figure: its code and network, grayscale 32x32, batch 64,
+# 2 threads, this machine class, quiet (issue 18).
+RELEASE = {"energy_step_s": 13.8, "denoiser_step_s": 9.2, "nll_images_per_s": 78.0}
+NLL_TOLERANCE_BITS = 1e-4  # a fast NLL path must leave the NLL unchanged to this, bits/dim
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -203,6 +215,86 @@ def _threads(n: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------ figures
+
+
+def _goal(name: str, value: float, goal: str, ok: bool, ctx: dict, **extra) -> dict:
+    return emit(figure="goals", name=name, value=value, goal=goal, passed=bool(ok), **extra, **ctx)
+
+
+def fig_goals(args, ctx: dict) -> None:
+    """Issue 18's goals, one line each. Every timing is the median of `reps` rounds in which all the
+    variants run once each, in turn (A B C ... A B C ...), so load changes hit them alike."""
+    unet, size, n, threads, n_nll = ("tiny", 8, 4, 1, 8) if args.tiny else ("paper", 32, 64, 2, 256)
+    torch.set_num_threads(threads)
+    energy, denoiser = (build(a, unet, 1, args.device) for a in ("energy_unet", "denoiser_unet"))
+    energy.net.last_conv.reset_parameters()  # U far from 0, so that the NLL comparison means something
+    x, t = batch(n, 1, size, args.device)
+    x_nll, _ = batch(n_nll, 1, size, args.device, seed=1)
+    net = energy.net
+
+    def forward():
+        with torch.inference_mode():
+            net(x, t)
+
+    def forward_backward():
+        net(x, t).square().mean().backward()
+
+    nll = {}  # the last NLL (nats) of each path, to compare them
+
+    def nll_path(fast: bool) -> Callable[[], None]:
+        def run():
+            nll[fast] = likelihood.nll(energy.eval(), x_nll, 0.0, batch_size=n, compile=fast)
+
+        return run
+
+    w0 = time.perf_counter()
+    nll_path(True)()  # compiles once (not timed: the warm-up round below runs the compiled code)
+    compile_s = time.perf_counter() - w0
+    before = load()
+    fns = {
+        "energy_step": train_step(energy, dual_score_loss, x, t),
+        "denoiser_step": train_step(denoiser, denoiser_loss, x, t),
+        "forward": forward,
+        "forward_graph": lambda: net(x, t),
+        "forward_backward": forward_backward,
+        "nll_plain": nll_path(False),
+        "nll_fast": nll_path(True),
+    }
+    res = interleaved(fns, args.reps, args.device)
+    med = {k: v[2] for k, v in res.items()}
+    common = {
+        "unet": unet,
+        "size": size,
+        "channels": 1,
+        "batch": n,
+        "threads": threads,
+        "timing": f"median of {args.reps} interleaved rounds",
+        "load_before": before,
+        "load_after": load(),
+        **ctx,
+    }
+    e, dn, fwd = med["energy_step"], med["denoiser_step"], med["forward_graph"]
+    e_goal, nll_goal = RELEASE["energy_step_s"] / 3, 2 * RELEASE["nll_images_per_s"]
+    vs_release = {
+        k: {"release": RELEASE[k], "release_over_this": round(RELEASE[k] / v, 2)}
+        for k, v in (("energy_step_s", e), ("denoiser_step_s", dn))
+    }
+    _goal("energy_step_s", round(e, 3), f"<= {e_goal:.2f} (release / 3)", e <= e_goal, common,
+          **vs_release["energy_step_s"])  # fmt: skip
+    _goal("denoiser_step_s", round(dn, 3), "none (reference)", True, common, **vs_release["denoiser_step_s"])
+    _goal("energy_over_denoiser", round(e / dn, 3), "<= 2.0", e / dn <= 2.0, common)
+    _goal("forward_s", round(med["forward"], 4), "none (reference)", True, common)
+    backward = med["forward_backward"] - fwd
+    _goal("backward_s", round(backward, 4), "none (reference)", True, common,
+          backward_over_forward=round(backward / fwd, 3))  # fmt: skip
+    plain, fast = n_nll / med["nll_plain"], n_nll / med["nll_fast"]
+    _goal("nll_images_per_s", round(fast, 1), f">= {nll_goal:.0f} (2 x release), fast path", fast >= nll_goal,
+          common, path="likelihood.nll(compile=True)", plain_images_per_s=round(plain, 1),
+          fast_over_plain=round(fast / plain, 3), compile_s=round(compile_s, 1),
+          release=RELEASE["nll_images_per_s"])  # fmt: skip
+    d_bits = (nll[True] - nll[False]).abs().max().item() / (x_nll[0].numel() * math.log(2))
+    _goal("nll_fast_minus_plain_bits_per_dim", float(f"{d_bits:.3g}"), f"<= {NLL_TOLERANCE_BITS:g}",
+          d_bits <= NLL_TOLERANCE_BITS, common, images=n_nll)  # fmt: skip
 
 
 def fig_step(args, ctx: dict) -> None:
@@ -471,6 +563,7 @@ def fig_snakemake(args, ctx: dict) -> None:
 
 
 RUN = {
+    "goals": fig_goals,
     "step": fig_step,
     "nll": fig_nll,
     "loader": fig_loader,
