@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -526,38 +527,54 @@ def fig_scaling(args, ctx: dict) -> None:
     )
 
 
+def _child_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def fig_snakemake(args, ctx: dict) -> None:
+    """`snakemake -n all` of the paper params (goal <= 3 s), against a one-rule Snakefile: what
+    Snakemake itself costs (its imports, plugins) before this workflow's parse and DAG. Wall and CPU
+    seconds (user + sys); the dry run is single-threaded, so its CPU seconds are its wall time on a
+    quiet machine, and `passed` is judged on them. Runs alternate, medians kept."""
     from image_density.config import load_config
 
     bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     with tempfile.TemporaryDirectory() as tmp:
         for spec in load_config(ROOT / "params/paper.yaml").datasets.values():
             if getattr(spec, "path", None) is not None:  # stand-ins for the raw data folders
                 (Path(tmp) / spec.path).mkdir(parents=True, exist_ok=True)
-        cmd = [
-            str(bin_dir / "snakemake"),
-            "-s",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            tmp,
-            "-n",
-            "all",
-            "--configfile",
-            str(ROOT / "params/paper.yaml"),
-        ]
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-        times = []
+        floor = Path(tmp) / "floor"
+        floor.mkdir()
+        (floor / "Snakefile").write_text('rule all:\n    output: "a"\n    shell: "touch a"\n')
+        snakemake = str(bin_dir / "snakemake")
+        cmds = {
+            "paper": [snakemake, "-s", str(ROOT / "Snakefile"), "--directory", tmp, "-n", "all",
+                      "--configfile", str(ROOT / "params/paper.yaml")],
+            "floor": [snakemake, "-s", str(floor / "Snakefile"), "--directory", str(floor), "-n"],
+        }  # fmt: skip
+        wall: dict[str, list] = {k: [] for k in cmds}
+        cpu: dict[str, list] = {k: [] for k in cmds}
         for _ in range(max(1, args.reps)):
-            w0 = time.perf_counter()
-            res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-            times.append(time.perf_counter() - w0)
-            if res.returncode:
-                raise RuntimeError(f"snakemake -n all failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+            for name, cmd in cmds.items():
+                w0, c0 = time.perf_counter(), _child_cpu_s()
+                res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+                wall[name].append(time.perf_counter() - w0)
+                cpu[name].append(_child_cpu_s() - c0)
+                if res.returncode:
+                    raise RuntimeError(f"snakemake -n failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    med = {k: statistics.median(v) for k, v in cpu.items()}
     emit(
         figure="snakemake",
         load=load(),
-        dry_run_s=round(min(times), 3),
-        dry_run_all_s=[round(x, 3) for x in times],
+        dry_run_s=round(statistics.median(wall["paper"]), 3),
+        dry_run_all_s=[round(x, 3) for x in wall["paper"]],
+        dry_run_cpu_s=round(med["paper"], 3),
+        one_rule_cpu_s=round(med["floor"], 3),
+        workflow_cpu_s=round(med["paper"] - med["floor"], 3),
+        goal="dry_run_cpu_s <= 3",
+        passed=med["paper"] <= 3.0,
         **ctx,
     )
 
@@ -587,7 +604,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         choices=FIGURES,
         default=None,
-        help="default: all (with --tiny: all but snakemake)",
+        help="default: all (with --tiny: all but snakemake and goals)",
     )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--reps", type=int, default=3, help="timed repeats per measurement (best kept)")
@@ -608,7 +625,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
         print(json.dumps(_memory_run(unet, int(size), int(n), what, args.device)))
         return
-    figures = args.figures or [f for f in FIGURES if not (args.tiny and f == "snakemake")]
+    # --tiny leaves out the snakemake figure and the goals figure (its torch.compile takes a minute)
+    figures = args.figures or [f for f in FIGURES if not (args.tiny and f in ("snakemake", "goals"))]
     ctx = {"machine": machine(), "torch": torch.__version__, "device": str(args.device)}
     for name in figures:
         RUN[name](args, ctx)
