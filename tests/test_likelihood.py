@@ -155,6 +155,7 @@ def test_ode_nll_rejects_bad_arguments():
         ode_nll(field, x, 1.0, 1e-3)
 
 
+@pytest.mark.slow  # torch.compile: about 40 CPU seconds
 def test_compiled_nll_equals_the_eager_nll_and_follows_the_weights():
     """nll(compile=True) is the fast path of benchmarks/speed.py: the same NLL to 1e-4 bits/dim (the
     issue-18 tolerance), on the release's layout and norm, a partial last batch included, and after
