@@ -220,6 +220,10 @@ def _threads(n: int) -> dict:
 # ------------------------------------------------------------------------------------ figures
 
 
+def _sig(v: float) -> float:
+    return float(f"{v:.4g}")
+
+
 def _goal(name: str, value: float, goal: str, ok: bool, ctx: dict, **extra) -> dict:
     return emit(figure="goals", name=name, value=value, goal=goal, passed=bool(ok), **extra, **ctx)
 
@@ -284,22 +288,15 @@ def fig_goals(args, ctx: dict) -> None:
         k: {"release": RELEASE[k], "release_over_this": round(RELEASE[k] / v, 2)}
         for k, v in (("energy_step_s", e), ("denoiser_step_s", dn))
     }
-    _goal("energy_step_s", round(e, 3), f"<= {e_goal:.2f} (release / 3)", e <= e_goal, common,
+    _goal("energy_step_s", _sig(e), f"<= {e_goal:.2f} (release / 3)", e <= e_goal, common,
           cpu_s=round(cpu["energy_step"], 3), **vs_release["energy_step_s"])  # fmt: skip
-    _goal("denoiser_step_s", round(dn, 3), "none (reference)", True, common,
+    _goal("denoiser_step_s", _sig(dn), "none (reference)", True, common,
           cpu_s=round(cpu["denoiser_step"], 3), **vs_release["denoiser_step_s"])  # fmt: skip
-    _goal("energy_over_denoiser", round(e / dn, 3), "<= 2.0", e / dn <= 2.0, common,
+    _goal("energy_over_denoiser", _sig(e / dn), "<= 2.0", e / dn <= 2.0, common,
           cpu_ratio=round(cpu["energy_step"] / cpu["denoiser_step"], 3))  # fmt: skip
-    _goal(
-        "forward_s",
-        round(med["forward"], 4),
-        "none (reference)",
-        True,
-        common,
-        cpu_s=round(cpu["forward"], 4),
-    )
+    _goal("forward_s", _sig(med["forward"]), "none (reference)", True, common, cpu_s=_sig(cpu["forward"]))
     backward = med["forward_backward"] - fwd
-    _goal("backward_s", round(backward, 4), "none (reference)", True, common,
+    _goal("backward_s", _sig(backward), "none (reference)", True, common,
           backward_over_forward=round(backward / fwd, 3))  # fmt: skip
     plain, fast = n_nll / med["nll_plain"], n_nll / med["nll_fast"]
     _goal("nll_images_per_s", round(fast, 1), f">= {nll_goal:.0f} (2 x release), fast path", fast >= nll_goal,
