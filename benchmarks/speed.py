@@ -8,8 +8,14 @@ least load-sensitive figure with 1 thread (with 2, OpenMP's spinning counts too)
     python benchmarks/speed.py                     # every figure, paper and demo sizes (minutes)
     python benchmarks/speed.py --figures step nll  # some of them
     python benchmarks/speed.py --tiny              # seconds: a smoke run on a tiny UNet
+    python benchmarks/speed.py --figures goals     # issue 18's goals, pass/fail (a few minutes)
 
 Figures:
+  goals     issue 18's figures at the release's network, grayscale 32x32, batch 64, 2 threads, one
+            line each with its goal and pass/fail: energy step, denoiser step, their ratio, forward,
+            backward, NLL images/s (plain and the fast path, likelihood.nll(compile=True)) and the
+            fast path's NLL change in bits/dim. Medians of interleaved repeats; the absolute goals are
+            the release's quiet-machine figures, so on a loaded machine only the ratios are firm.
   step      forward, forward with graph, plain backward, denoiser step, dual-score loss (forward +
             the VJP giving grad_y U, with graph), energy step (+ the double backward), Adam alone;
             ratios energy/denoiser, backward/forward (plain: denoiser step vs forward with graph;
@@ -27,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,7 +54,7 @@ from image_density.models import build_model
 from image_density.noise import sample_log_uniform_t
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ("step", "nll", "loader", "memory", "scaling", "snakemake")
+FIGURES = ("goals", "step", "nll", "loader", "memory", "scaling", "snakemake")
 
 # The release's UNet (METHOD.md; params/paper.yaml) and the demo's (params/demo.yaml energy.unet);
 # tiny: smoke tests.
@@ -61,6 +69,11 @@ ENERGY_FORM = {"paper": "pure", "demo": "offset", "tiny": "offset"}
 # (unet, size, batch) of the step figure: the issue's two settings
 STEP_CASES = [("paper", 32, 64), ("demo", 16, 32)]
 T_RANGE = (1e-5, 1e3)
+
+# The release's figures for the goals figure: its code and network, grayscale 32x32, batch 64,
+# 2 threads, this machine class, quiet (issue 18).
+RELEASE = {"energy_step_s": 13.8, "denoiser_step_s": 9.2, "nll_images_per_s": 78.0}
+NLL_TOLERANCE_BITS = 1e-4  # a fast NLL path must leave the NLL unchanged to this, bits/dim
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -110,7 +123,7 @@ def sync(device: torch.device) -> None:
 
 def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict:
     """Best wall and CPU seconds of each fn over `reps` rounds, fns interleaved within a round
-    (each run once before, as warm-up): {name: (wall_s, cpu_s)}."""
+    (each run once before, as warm-up), and their medians: {name: (wall, cpu, median wall, median cpu)}."""
     for f in fns.values():
         f()
     walls: dict[str, list] = {k: [] for k in fns}
@@ -123,7 +136,9 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.d
             sync(device)
             walls[name].append(time.perf_counter() - w0)
             cpus[name].append(time.process_time() - c0)
-    return {k: (min(walls[k]), min(cpus[k]), statistics.median(walls[k])) for k in fns}
+    return {
+        k: (min(walls[k]), min(cpus[k]), statistics.median(walls[k]), statistics.median(cpus[k])) for k in fns
+    }
 
 
 def train_step(model, objective, x, t, autocast: torch.dtype | None = None) -> Callable[[], None]:
@@ -205,6 +220,96 @@ def _threads(n: int) -> dict:
 # ------------------------------------------------------------------------------------ figures
 
 
+def _sig(v: float) -> float:
+    return float(f"{v:.4g}")
+
+
+def _goal(name: str, value: float, goal: str, ok: bool, ctx: dict, **extra) -> dict:
+    return emit(figure="goals", name=name, value=value, goal=goal, passed=bool(ok), **extra, **ctx)
+
+
+def fig_goals(args, ctx: dict) -> None:
+    """Issue 18's goals, one line each. Every timing is the median of `reps` rounds in which all the
+    variants run once each, in turn (A B C ... A B C ...), so load changes hit them alike."""
+    unet, size, n, threads, n_nll = ("tiny", 8, 4, 1, 8) if args.tiny else ("paper", 32, 64, 2, 256)
+    threads = args.explicit_threads[0] if args.explicit_threads else threads  # the goals are set at 2
+    torch.set_num_threads(threads)
+    energy, denoiser = (build(a, unet, 1, args.device) for a in ("energy_unet", "denoiser_unet"))
+    energy.net.last_conv.reset_parameters()  # U far from 0, so that the NLL comparison means something
+    x, t = batch(n, 1, size, args.device)
+    x_nll, _ = batch(n_nll, 1, size, args.device, seed=1)
+    net = energy.net
+
+    def forward():
+        with torch.inference_mode():
+            net(x, t)
+
+    def forward_backward():
+        net(x, t).square().mean().backward()
+
+    nll = {}  # the last NLL (nats) of each path, to compare them
+
+    def nll_path(fast: bool) -> Callable[[], None]:
+        def run():
+            nll[fast] = likelihood.nll(energy.eval(), x_nll, 0.0, batch_size=n, compile=fast)
+
+        return run
+
+    w0 = time.perf_counter()
+    nll_path(True)()  # compiles once (not timed: the warm-up round below runs the compiled code)
+    compile_s = time.perf_counter() - w0
+    before = load()
+    fns = {
+        "energy_step": train_step(energy, dual_score_loss, x, t),
+        "denoiser_step": train_step(denoiser, denoiser_loss, x, t),
+        "forward": forward,
+        "forward_graph": lambda: net(x, t),
+        "forward_backward": forward_backward,
+        "nll_plain": nll_path(False),
+        "nll_fast": nll_path(True),
+    }
+    res = interleaved(fns, args.reps, args.device)
+    med = {k: v[2] for k, v in res.items()}
+    cpu = {k: v[3] for k, v in res.items()}  # process CPU seconds, median: threads' spinning included
+    common = {
+        "unet": unet,
+        "size": size,
+        "channels": 1,
+        "batch": n,
+        "threads": threads,
+        "timing": f"median of {args.reps} interleaved rounds",
+        "load_before": before,
+        "load_after": load(),
+        **ctx,
+    }
+    e, dn, fwd = med["energy_step"], med["denoiser_step"], med["forward_graph"]
+    e_goal, nll_goal = RELEASE["energy_step_s"] / 3, 2 * RELEASE["nll_images_per_s"]
+    vs_release = {
+        k: {"release": RELEASE[k], "release_over_this": round(RELEASE[k] / v, 2)}
+        for k, v in (("energy_step_s", e), ("denoiser_step_s", dn))
+    }
+    _goal("energy_step_s", _sig(e), f"<= {e_goal:.2f} (release / 3)", e <= e_goal, common,
+          cpu_s=round(cpu["energy_step"], 3), **vs_release["energy_step_s"])  # fmt: skip
+    _goal("denoiser_step_s", _sig(dn), "none (reference)", True, common,
+          cpu_s=round(cpu["denoiser_step"], 3), **vs_release["denoiser_step_s"])  # fmt: skip
+    _goal("energy_over_denoiser", _sig(e / dn), "<= 2.0", e / dn <= 2.0, common,
+          cpu_ratio=round(cpu["energy_step"] / cpu["denoiser_step"], 3))  # fmt: skip
+    _goal("forward_s", _sig(med["forward"]), "none (reference)", True, common, cpu_s=_sig(cpu["forward"]))
+    backward = med["forward_backward"] - fwd
+    _goal("backward_s", _sig(backward), "none (reference)", True, common,
+          backward_over_forward=round(backward / fwd, 3))  # fmt: skip
+    plain, fast = n_nll / med["nll_plain"], n_nll / med["nll_fast"]
+    _goal("nll_images_per_s", round(fast, 1), f">= {nll_goal:.0f} (2 x release), fast path", fast >= nll_goal,
+          common, path="likelihood.nll(compile=True)", plain_images_per_s=round(plain, 1),
+          fast_over_plain=round(fast / plain, 3), compile_s=round(compile_s, 1),
+          cpu_images_per_s=round(n_nll / cpu["nll_fast"], 1),
+          plain_cpu_images_per_s=round(n_nll / cpu["nll_plain"], 1),
+          release=RELEASE["nll_images_per_s"])  # fmt: skip
+    d_bits = (nll[True] - nll[False]).abs().max().item() / (x_nll[0].numel() * math.log(2))
+    _goal("nll_fast_minus_plain_bits_per_dim", float(f"{d_bits:.3g}"), f"<= {NLL_TOLERANCE_BITS:g}",
+          d_bits <= NLL_TOLERANCE_BITS, common, images=n_nll)  # fmt: skip
+
+
 def fig_step(args, ctx: dict) -> None:
     cases = args.cases or ([("tiny", 8, 4)] if args.tiny else STEP_CASES)
     for unet, size, n in cases:
@@ -236,24 +341,6 @@ class _Counting(torch.nn.Module):
         return self.model.score(y, t, create_graph)
 
 
-class _Compiled(torch.nn.Module):
-    """model.energy through torch.compile (inductor, weights frozen: inference only)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.fn = torch.compile(model.energy, options={"freezing": True})
-        self.compile_s = None
-
-    def energy(self, y, t):
-        if self.compile_s is None:
-            w0 = time.perf_counter()
-            out = self.fn(y, t)
-            self.compile_s = round(time.perf_counter() - w0, 1)
-            return out
-        return self.fn(y, t)
-
-
 def fig_nll(args, ctx: dict) -> None:
     unet, size, n, n_ode = ("tiny", 8, 16, 1) if args.tiny else ("paper", 32, 256, 1)
     model = build("energy_unet", unet, 1, args.device).eval()
@@ -261,17 +348,16 @@ def fig_nll(args, ctx: dict) -> None:
     for threads in args.threads:
         before = {**_threads(threads), "load_before": load()}
         fns = {"nll": lambda: likelihood.nll(model, x, 0.0, batch_size=64)}
+        extra = {}
         if args.compile:  # inference only: torch.compile cannot do dual score matching's double backward
-            compiled = _Compiled(model)
-            fns["compiled"] = lambda c=compiled: likelihood.nll(c, x, 0.0, batch_size=64)
+            fns["compiled"] = lambda: likelihood.nll(model, x, 0.0, batch_size=64, compile=True)
+            w0 = time.perf_counter()
+            fns["compiled"]()
+            extra["compile_s"] = round(time.perf_counter() - w0, 1)
         res = interleaved(fns, args.reps, args.device)
         nll_rate = n / res["nll"][0]
-        extra = {}
         if args.compile:
-            extra = {
-                "nll_compiled_images_per_s": round(n / res["compiled"][0], 2),
-                "compile_s": compiled.compile_s,
-            }
+            extra["nll_compiled_images_per_s"] = round(n / res["compiled"][0], 2)
         counting = _Counting(model)
         w0 = time.perf_counter()
         likelihood.ode_nll(
@@ -434,43 +520,60 @@ def fig_scaling(args, ctx: dict) -> None:
     )
 
 
+def _child_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def fig_snakemake(args, ctx: dict) -> None:
+    """`snakemake -n all` of the paper params (goal <= 3 s), against a one-rule Snakefile: what
+    Snakemake itself costs (its imports, plugins) before this workflow's parse and DAG. Wall and CPU
+    seconds (user + sys); the dry run is single-threaded, so its CPU seconds are its wall time on a
+    quiet machine, and `passed` is judged on them. Runs alternate, medians kept."""
     from image_density.config import load_config
 
     bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     with tempfile.TemporaryDirectory() as tmp:
         for spec in load_config(ROOT / "params/paper.yaml").datasets.values():
             if getattr(spec, "path", None) is not None:  # stand-ins for the raw data folders
                 (Path(tmp) / spec.path).mkdir(parents=True, exist_ok=True)
-        cmd = [
-            str(bin_dir / "snakemake"),
-            "-s",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            tmp,
-            "-n",
-            "all",
-            "--configfile",
-            str(ROOT / "params/paper.yaml"),
-        ]
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-        times = []
+        floor = Path(tmp) / "floor"
+        floor.mkdir()
+        (floor / "Snakefile").write_text('rule all:\n    output: "a"\n    shell: "touch a"\n')
+        snakemake = str(bin_dir / "snakemake")
+        cmds = {
+            "paper": [snakemake, "-s", str(ROOT / "Snakefile"), "--directory", tmp, "-n", "all",
+                      "--configfile", str(ROOT / "params/paper.yaml")],
+            "floor": [snakemake, "-s", str(floor / "Snakefile"), "--directory", str(floor), "-n"],
+        }  # fmt: skip
+        wall: dict[str, list] = {k: [] for k in cmds}
+        cpu: dict[str, list] = {k: [] for k in cmds}
         for _ in range(max(1, args.reps)):
-            w0 = time.perf_counter()
-            res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-            times.append(time.perf_counter() - w0)
-            if res.returncode:
-                raise RuntimeError(f"snakemake -n all failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+            for name, cmd in cmds.items():
+                w0, c0 = time.perf_counter(), _child_cpu_s()
+                res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+                wall[name].append(time.perf_counter() - w0)
+                cpu[name].append(_child_cpu_s() - c0)
+                if res.returncode:
+                    raise RuntimeError(f"snakemake -n failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    med = {k: statistics.median(v) for k, v in cpu.items()}
     emit(
         figure="snakemake",
         load=load(),
-        dry_run_s=round(min(times), 3),
-        dry_run_all_s=[round(x, 3) for x in times],
+        dry_run_s=round(statistics.median(wall["paper"]), 3),
+        dry_run_all_s=[round(x, 3) for x in wall["paper"]],
+        dry_run_cpu_s=round(med["paper"], 3),
+        one_rule_cpu_s=round(med["floor"], 3),
+        workflow_cpu_s=round(med["paper"] - med["floor"], 3),
+        goal="dry_run_cpu_s <= 3",
+        passed=med["paper"] <= 3.0,
         **ctx,
     )
 
 
 RUN = {
+    "goals": fig_goals,
     "step": fig_step,
     "nll": fig_nll,
     "loader": fig_loader,
@@ -494,9 +597,9 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         choices=FIGURES,
         default=None,
-        help="default: all (with --tiny: all but snakemake)",
+        help="default: all (with --tiny: all but snakemake and goals)",
     )
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="default: 1 and 2; goals: 2")
     p.add_argument("--reps", type=int, default=3, help="timed repeats per measurement (best kept)")
     p.add_argument("--tiny", action="store_true", help="a tiny UNet and sizes: a smoke run of seconds")
     p.add_argument(
@@ -510,12 +613,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", type=torch.device, default=torch.device("cpu"))
     p.add_argument("--memory-child", help=argparse.SUPPRESS)  # UNET:SIZE:BATCH:WHAT, for fig_memory
     args = p.parse_args(argv)
+    args.explicit_threads, args.threads = args.threads, args.threads or [1, 2]
     if args.memory_child:
         unet, size, n, what = args.memory_child.split(":")
         torch.set_num_threads(1)
         print(json.dumps(_memory_run(unet, int(size), int(n), what, args.device)))
         return
-    figures = args.figures or [f for f in FIGURES if not (args.tiny and f == "snakemake")]
+    # --tiny leaves out the snakemake figure and the goals figure (its torch.compile takes a minute)
+    figures = args.figures or [f for f in FIGURES if not (args.tiny and f in ("snakemake", "goals"))]
     ctx = {"machine": machine(), "torch": torch.__version__, "device": str(args.device)}
     for name in figures:
         RUN[name](args, ctx)

@@ -165,3 +165,25 @@ def test_autocast_keeps_one_dtype_through_the_double_backward():
         (gx,) = torch.autograd.grad(y.float().square().sum(), x, create_graph=True)
     gx.square().sum().backward()
     assert gx.dtype == torch.float32 and w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
+
+
+def test_under_torch_compile_the_layers_are_plain_differentiable_ops(monkeypatch):
+    """Inside torch.compile the hand-written Functions step aside (they break its graph) and the
+    layers' own ops are differentiated by autograd: the same second-order result as the Functions."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 3, 5, 5, generator=g, dtype=F64) * 2 + 0.5
+    gamma = torch.rand(2, 3, 1, 1, generator=g, dtype=F64) + 0.5
+    w = torch.randn(3, 3, 3, 3, generator=g, dtype=F64)
+    for form in ("homogeneous", "release"):
+
+        def layer(z, gamma, w, form=form):
+            return fastgrad.gelu(
+                fastgrad.scale_norm(fastgrad.conv2d(z, w, padding=(1, 1)), gamma, 1e-5, form)
+            )
+
+        fast = _second_order(layer, [z, gamma, w])
+        with monkeypatch.context() as m:
+            m.setattr(torch.compiler, "is_compiling", lambda: True)
+            plain = _second_order(layer, [z, gamma, w])
+        for a, b in zip([*fast[0], *fast[1]], [*plain[0], *plain[1]], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

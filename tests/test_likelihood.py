@@ -153,3 +153,22 @@ def test_ode_nll_rejects_bad_arguments():
         ode_nll(field, x, 1e-3, 1.0, trace="approx")
     with pytest.raises(ValueError, match="t_min < t_max"):
         ode_nll(field, x, 1.0, 1e-3)
+
+
+@pytest.mark.slow  # torch.compile: about 40 CPU seconds
+def test_compiled_nll_equals_the_eager_nll_and_follows_the_weights():
+    """nll(compile=True) is the fast path of benchmarks/speed.py: the same NLL to 1e-4 bits/dim (the
+    issue-18 tolerance), on the release's layout and norm, a partial last batch included, and after
+    the weights change (they are inputs of the compiled graph, not constants)."""
+    torch.manual_seed(0)
+    net = UNet(1, widths=[4], mid_width=8, convs_per_block=2, emb_features=4, emb_dim=8,
+               layout="release", embedding="t", norm="release", init="release")  # fmt: skip
+    model = EnergyModel(net, "offset").eval()
+    x = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(1))  # batches 4, 4, 2
+    for _ in range(2):
+        eager = nll(model, x, 3.0, t=1e-3, batch_size=4)
+        fast = nll(model, x, 3.0, t=1e-3, batch_size=4, compile=True)
+        assert eager.abs().min() > 1e-2  # a U that is not ~0 everywhere
+        assert _bits(fast - eager, 16).abs().max() < 1e-4
+        with torch.no_grad():
+            net.last_conv.weight.mul_(-2.0)

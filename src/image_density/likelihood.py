@@ -11,7 +11,7 @@ Everything here is in nats; bits/dim and dB/dim only through units.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import torch
@@ -121,17 +121,33 @@ def log_z_per_image(
     return _tmax_entropy(x[0].numel(), t_max, None) - _tmax_energy(model, x, t_max, draws, generator)
 
 
-def nll(model, x: Data, log_z: float, t: float = 0.0, batch_size: int = 64) -> torch.Tensor:
+def compiled_energy(model) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """model.energy through torch.compile (inductor), for inference: the elementwise passes of each
+    norm + GELU fuse into a few loops. The weights are graph inputs, not frozen constants, so the
+    compiled function follows the model as it trains. Same U to float32 rounding
+    (tests/test_likelihood.py); compiling costs tens of seconds, once per input shape."""
+    return torch.compile(model.energy, dynamic=False)
+
+
+def nll(
+    model, x: Data, log_z: float, t: float = 0.0, batch_size: int = 64, compile: bool = False
+) -> torch.Tensor:
     """-log p(x) = U(x, t) + log Z in nats per image, (N,) float64 on the CPU.
 
     t stands in for 0: exact models take t = 0; a learned model was only trained on [t_min, t_max], so
     evaluate it at its training t_min (U(x, t_min) = -log p_{t_min}(x) - log Z, ~ -log p(x) when
-    t_min is far below the data's finest variance)."""
-    out = []
+    t_min is far below the data's finest variance). compile: U through `compiled_energy` (faster for
+    many images; a last, partial batch is padded to the first batch's size: one shape is compiled)."""
+    energy = compiled_energy(model) if compile else model.energy
+    out, full = [], None
     with torch.inference_mode():
         for xb in _batches(x, batch_size, model):
+            b = xb.shape[0]
+            full = full or b
+            if compile and b < full:  # U of an image does not depend on the others in its batch
+                xb = torch.cat([xb, xb.new_zeros(full - b, *xb.shape[1:])])
             tb = torch.full((xb.shape[0],), float(t), dtype=xb.dtype, device=xb.device)
-            out.append(model.energy(xb, tb).double().cpu() + log_z)
+            out.append(energy(xb, tb)[:b].double().cpu() + log_z)
     return torch.cat(out)
 
 

@@ -22,6 +22,11 @@ from torch.nn import functional as F
 
 
 def _tracked(*tensors: torch.Tensor) -> bool:
+    """Whether to use the hand-written Functions. Not under torch.compile: it cannot take a double
+    backward anyway, and its own backward of the plain ops (same math) traces, where these Functions
+    break the graph into pieces that recompile."""
+    if torch.compiler.is_compiling():
+        return False
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
@@ -169,9 +174,8 @@ class _Stats:
         self.pixels, self.eps, self.form = zc.shape[2] * zc.shape[3], eps, form
         dtype = _STATS_DTYPE.get(zc.dtype, zc.dtype)
         self.tiny = torch.finfo(dtype).tiny
-        self.v = (
-            torch.linalg.vector_norm(zc, dim=(2, 3), keepdim=True, dtype=dtype).square_().div_(self.pixels)
-        )
+        # out of place (small tensors): under torch.compile autograd differentiates this itself
+        self.v = torch.linalg.vector_norm(zc, dim=(2, 3), keepdim=True, dtype=dtype).square().div(self.pixels)
         self.s = self.scale(self.v)
 
     def scale(self, v: torch.Tensor) -> torch.Tensor:
