@@ -78,7 +78,8 @@ def _add_track(sub) -> None:
         "costs seconds, a run tens of milliseconds): --runs JSON, a list of objects with the keys "
         "experiment, run_name and optionally sections (list of keys), params, tags (objects), curves, "
         "metrics (paths), metrics_key (a key of the metrics JSON: only that subtree), tables, figures, "
-        "artifacts, datasets (lists of paths); e.g. "
+        "artifacts, datasets (lists of paths), model (a model file, logged as an MLflow model), "
+        "registered_model (its registry name), best_by (a final metric: alias 'best' on the lowest); e.g. "
         '\'[{"experiment": "energy", "run_name": "field16-energy", "sections": ["energy.train"], '
         '"curves": "results/models/energy/field16/metrics.jsonl"}]\'. '
         "A key is dotted text or a list of its parts (for names holding dots).",
@@ -112,6 +113,11 @@ def _add_track(sub) -> None:
         "--out",
         type=Path,
         help="write the run's ids here as JSON (--runs: a list, one per run); a Snakemake output",
+    )
+    p.add_argument(
+        "--pipeline-run",
+        help="the pipeline invocation whose parent run (one per experiment) the new runs join "
+        "(default: $IMAGE_DENSITY_PIPELINE_RUN, set by the Snakefile's onstart; else a new one)",
     )
     p.set_defaults(func=_track)
 
@@ -147,7 +153,8 @@ def _track(args) -> None:
         "config_sha256": tracking.config_sha256(cfg),
         "config_file": str(args.config),
     }
-    records = tracking.log_runs(runs, cfg, tags=tags)
+    pipeline = args.pipeline_run or os.environ.get(tracking.PIPELINE_ENV) or tracking.new_invocation()
+    records = tracking.log_runs(runs, cfg, tags=tags, pipeline=pipeline)
     for record in records:
         print(
             f"{'unchanged' if record.reused else 'logged'} run {record.run_id} "
