@@ -499,7 +499,7 @@ def _register(c, run_id: str, name: str, best_by: str | None, score: float | Non
         if "RESOURCE_ALREADY_EXISTS" not in f"{err.error_code} {err}":
             raise
     source = f"{_retry(c.get_run, run_id).info.artifact_uri}/{MODEL_DIR}"
-    tags = {} if best_by is None else {"best_by": best_by, "score": repr(score)}
+    tags = {} if score is None else {"best_by": best_by, "score": repr(score)}
     _retry(c.create_model_version, name, source, run_id=run_id, tags=tags)
     if best_by is None:
         return
@@ -571,11 +571,8 @@ def log_run(
     params_str = param_values(params or {})
     points = read_curves(curves) if curves else []
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
-    if best_by is not None and (registered_model is None or best_by not in metrics):
-        raise ValueError(
-            f"run {experiment}/{run_name}: best_by {best_by!r} needs a registered_model and that final "
-            f"metric (metrics: {sorted(metrics)})"
-        )
+    if best_by is not None and registered_model is None:
+        raise ValueError(f"run {experiment}/{run_name}: best_by {best_by!r} needs a registered_model")
     described = [params_str, metrics, dict(tags or {}), datasets, registered_model, best_by]
     h = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     groups = (("c", [curves] if curves else []), ("t", tables), ("f", figures), ("a", artifacts),
@@ -615,8 +612,8 @@ def log_run(
             if model is not None:
                 _log_model(c, run_id, model)
             if registered_model:
-                score = metrics[best_by] if best_by else None
-                _register(c, run_id, registered_model, best_by, score)
+                # a score left out of the metrics (not finite): registered, never `best`
+                _register(c, run_id, registered_model, best_by, metrics.get(best_by or ""))
         except BaseException:
             _retry(c.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
             raise

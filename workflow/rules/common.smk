@@ -114,9 +114,12 @@ def ckpt_dir(path, *settings):
     values, minus checkpoint's RESUMABLE_CHANGES). A rerun after preemption, or with more steps,
     finds the same folder and resumes; a changed lr or UNet trains afresh in a new folder and the old
     state stays on disk (train.py refuses to mix two trainings in one folder)."""
+    # not the top-level `seed`: it seeds the evaluations, a training draws from its own train.seed;
+    # keyed by it, a new evaluation seed retrained every model (under DVC, from the `studies` stage,
+    # leaving the lock entries of the `energy` and `multiscale` stages stale)
     tree = [
         _resume_relevant(s.model_dump(mode="json") if hasattr(s, "model_dump") else s)
-        for s in (CFG.seed, *settings)
+        for s in settings
     ]
     key = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
     return f"{R}/checkpoints/{path}/{key}"
@@ -270,14 +273,24 @@ def model_run(experiment, name, folder, dataset, sections, params):
 
 
 def energy_runs():
+    """model_run's; each model file logged as an MLflow model, registered as <model>-<dataset>,
+    the energy models scored by their test NLL (the registry's alias `best`: the lowest).
+    """
     sections = ["energy.unet", "energy.train"]
-    return [
-        model_run(
-            "energy", f"{d}-{m}", f"{R}/models/{m}/{d}", d, sections, {"model": m}
-        )
-        for d in ENERGY_DATASETS
-        for m in ("energy", "denoiser")
-    ]
+    runs = []
+    for d in ENERGY_DATASETS:
+        for m in ("energy", "denoiser"):
+            folder = f"{R}/models/{m}/{d}"
+            run = model_run("energy", f"{d}-{m}", folder, d, sections, {"model": m})
+            run |= {"model": f"{folder}/model.pt", "registered_model": f"{m}-{d}"}
+            if m == "energy":
+                run |= {
+                    "metrics": f"{R}/metrics.json",
+                    "metrics_key": ["nll", d],
+                    "best_by": "energy_test_bits_per_dim",
+                }
+            runs.append(run)
+    return runs
 
 
 def generalization_runs():
@@ -461,7 +474,7 @@ def study_runs():
 
 def track_inputs(runs):
     """A tracking job's inputs: every file its runs log (a data folder: its meta.json)."""
-    single = {k: [r[k] for r in runs if k in r] for k in ("curves", "metrics")}
+    single = {k: [r[k] for r in runs if k in r] for k in ("curves", "metrics", "model")}
     lists = {
         k: [p for r in runs for p in r.get(k, [])]
         for k in ("tables", "figures", "artifacts")
