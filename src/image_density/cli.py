@@ -68,6 +68,25 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _add_manifest(sub) -> None:
+    p = sub.add_parser(
+        "manifest",
+        help="write the pointer to every dataset's raw data (spec; size and sha256 of user files)",
+        description="One JSON file naming the raw data behind `datasets:` (data/manifest.py); DVC "
+        "versions it (dvc.yaml's raw stage), so a changed raw file reruns the data stage.",
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="e.g. results/raw/manifest.json")
+    p.set_defaults(func=_manifest)
+
+
+def _manifest(args) -> None:
+    from image_density.data.manifest import raw_manifest
+
+    cfg = load_config(args.config)
+    atomic.write_text(args.out, json.dumps(raw_manifest(cfg.datasets), indent=2, sort_keys=True) + "\n")
+
+
 def _add_track(sub) -> None:
     p = sub.add_parser(
         "track",
@@ -716,7 +735,7 @@ def _metrics(args) -> None:
 
 
 COMMANDS = [
-    _add_schema, _add_validate, _add_prepare, _add_track, _add_train, _add_nll, _add_collect,
+    _add_schema, _add_validate, _add_prepare, _add_manifest, _add_track, _add_train, _add_nll, _add_collect,
     _add_study, _add_figure, _add_metrics, _add_train_scale, _add_denoise, _add_sample, _add_super_resolve,
     _add_multiscale_nll,
 ]  # fmt: skip
