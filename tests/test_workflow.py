@@ -62,9 +62,12 @@ def test_paper_plans(paper_workdir):
 def test_slurm_profile_plans_paper_scale(paper_workdir):
     # `snakemake --profile slurm all` as typed from the repo root: the profile parses (valid plugin
     # option names), selects params/paper.yaml and asks for GPUs for training only
-    res = snakemake("--profile", "slurm", "-n", "all", workdir=paper_workdir)
+    res = snakemake("--profile", "slurm", "-n", "-p", "all", workdir=paper_workdir)
     assert res.returncode == 0, res.stdout
     assert "params/paper.yaml" in res.stdout
+    # trainings requeue their job when interrupted; nothing else does
+    commands = [line for line in res.stdout.splitlines() if "image-density" in line and "--attempt" in line]
+    assert commands and all("--requeue 1" in line for line in commands), commands
     assert _planned_data(res.stdout) == set(load_config(ROOT / "params/paper.yaml").datasets)
     profile = yaml.safe_load((ROOT / "slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"

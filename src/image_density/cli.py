@@ -215,6 +215,10 @@ def _add_train(sub) -> None:
 def _add_attempt(p) -> None:
     p.add_argument("--attempt", type=int, default=1,
                    help="Snakemake's attempt (1 + retries so far); see --help of train")  # fmt: skip
+    p.add_argument("--requeue", type=int, choices=[0, 1], default=0,
+                   help="1: under a SLURM batch job, an interrupted training (exit 75) puts its own "
+                   "job back in the queue (scontrol requeue), where it resumes; the SLURM profile "
+                   "sets it for the training rules (resources: requeue)")  # fmt: skip
     p.add_argument("--live-every", type=float, default=60, metavar="SECONDS",
                    help="log the curves to MLflow (experiment 'training', run <model folder>) every "
                    "SECONDS while training (default 60; a shorter training is left to the tracking "
@@ -270,6 +274,25 @@ def _live_run(args, ckpt_dir: Path):
                             params=tree, tags=tags, every_s=args.live_every)  # fmt: skip
 
 
+def _requeue_slurm_job(command: str) -> None:
+    """Put this SLURM batch job back in the queue (same job id: Snakemake, polling it, keeps waiting;
+    the job's script reruns the training, which resumes from the checkpoint just written). The one
+    failure worth running again: the SLURM profile has no Snakemake retries, so a NaN or a bad input
+    (exit 3, 2) fails once. Outside a batch job, or when SLURM refuses, the exit 75 stands."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or os.environ.get("RANK", "0") != "0":
+        return
+    import subprocess
+
+    try:
+        res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as err:
+        print(f"image-density {command}: scontrol requeue {job} failed: {err}", file=sys.stderr)
+        return
+    print(f"image-density {command}: scontrol requeue {job}: exit {res.returncode} {res.stderr.strip()}",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _run_training(command: str, run, args) -> None:
     """Call run() -> TrainResult; exit 75 when a signal stopped it after a checkpoint, 3 on a non-finite
     loss (train.py), 2 on bad input (main); 3 and bad input are recorded for _refuse_retry (an OS
@@ -282,7 +305,9 @@ def _run_training(command: str, run, args) -> None:
         with _live_run(args, ckpt_dir):
             res = run()
     except Interrupted as err:
-        print(f"image-density {command}: {err}", file=sys.stderr)
+        print(f"image-density {command}: {err}", file=sys.stderr, flush=True)
+        if args.requeue:
+            _requeue_slurm_job(command)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except NonFiniteLoss as err:
         _record_failure(ckpt_dir, args.attempt, EXIT_NONFINITE, err)

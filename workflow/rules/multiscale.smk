@@ -24,6 +24,7 @@ rule train_scale_lowpass:
         "../envs/image-density.yaml"
     resources:
         attempt=retry_attempt,
+        requeue=0,
     params:
         cfg=PARAMS_FILE,
         spec=ms_train_spec,
@@ -36,7 +37,7 @@ rule train_scale_lowpass:
     shell:
         "exec {params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
         " --model {wildcards.family:q} --scale lowpass --data {params.data:q} --out {params.out:q}"
-        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt} > {log:q} 2>&1"
+        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt} --requeue {resources.requeue} > {log:q} 2>&1"
 
 
 rule train_scale:
@@ -55,6 +56,7 @@ rule train_scale:
         "../envs/image-density.yaml"
     resources:
         attempt=retry_attempt,
+        requeue=0,
     params:
         cfg=PARAMS_FILE,
         spec=ms_train_spec,
@@ -68,7 +70,7 @@ rule train_scale:
         "exec {params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
         " --model {wildcards.family:q} --scale {wildcards.scale:q} --rf {wildcards.rf:q}"
         " --data {params.data:q} --out {params.out:q} --ckpt-dir {params.ckpt:q} --no-progress"
-        " --attempt {resources.attempt} > {log:q} 2>&1"
+        " --attempt {resources.attempt} --requeue {resources.requeue} > {log:q} 2>&1"
 
 
 rule multiscale_denoise:
