@@ -5,8 +5,9 @@ jobs all run in the repository root, so a bare `mlflow ui` there shows every run
 beside a sqlite store, in `<db dir>/mlartifacts/<experiment>/<run id>/artifacts/`, recorded relative
 to it: experiments made here have the artifact location `mlflow-artifacts:/<experiment>`, the URI
 `mlflow server`/`mlflow ui` resolve against their `--artifacts-destination` (default ./mlartifacts
-of their working directory), and which this module resolves against the sqlite file's folder
-(`_local_artifacts`). So the folder holding mlflow.db and mlartifacts/ can be moved or copied.
+of their working directory), and which `artifact_repository` (an MLflow plugin, so in any MLflow
+process) resolves against the sqlite file's folder. So the folder holding mlflow.db and
+mlartifacts/ can be moved or copied, and read with a plain MlflowClient.
 
 Layout. One experiment per study ("energy", "multiscale", "nll", ...), one run per trained model or
 evaluation, found by its name. Rerunning a job adds a run of the same name and keeps the earlier
@@ -334,9 +335,11 @@ def proxied_local_path(artifact_uri: str, uri: str) -> Path | None:
     return db.resolve().parent / ARTIFACTS_DIR / rest.lstrip("/")
 
 
-def _local_artifacts(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
-    """MLflow's artifact repository for the `mlflow-artifacts` scheme: with a sqlite store, the local
-    folder beside it (no server needed to log or read); otherwise MLflow's own, through the server."""
+def artifact_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+    """The artifact repository of the `mlflow-artifacts` scheme, registered for every MLflow process
+    of this environment (pyproject's entry point `mlflow.artifact_repository`): with a sqlite store,
+    the local folder beside it (no server needed to log or read, by this package or any MLflow
+    client); otherwise MLflow's own, through the server."""
     import mlflow
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
@@ -347,12 +350,6 @@ def _local_artifacts(artifact_uri: str, tracking_uri: str | None = None, registr
     return LocalArtifactRepository(str(local))
 
 
-def _register_local_artifacts() -> None:
-    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
-
-    _artifact_repository_registry.register(PROXIED, _local_artifacts)
-
-
 def client(uri: str | None = None):
     """An MlflowClient on a store whose tables exist. Making the first client of a new sqlite file
     creates the tables (alembic migrations), which races between jobs; so the check and the creation
@@ -360,7 +357,6 @@ def client(uri: str | None = None):
     from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
-    _register_local_artifacts()
     db = _sqlite_path(uri)
     if db is not None:
         with _store_lock(uri):
