@@ -449,6 +449,12 @@ def new_invocation() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
 
 
+def start_pipeline_run() -> str:
+    """This invocation's id, made once per process and handed to its jobs through $PIPELINE_ENV (the
+    Snakefile's onstart calls it; the local tracking jobs inherit the variable)."""
+    return os.environ.setdefault(PIPELINE_ENV, new_invocation())
+
+
 def _log_datasets(c, run_id: str, datasets: list[dict[str, str]]) -> None:
     from mlflow.entities import Dataset, DatasetInput, InputTag
 

@@ -14,13 +14,7 @@
 # start_pipeline_run) and reaches the local tracking jobs through their environment. Energy models
 # and denoisers are also logged as MLflow models and registered (<model>-<dataset>); alias `best`
 # marks each dataset's energy model of lowest test NLL (common.smk's energy_runs).
-import os
-
-from image_density.tracking import PIPELINE_ENV, new_invocation
-
-
-def start_pipeline_run():
-    os.environ.setdefault(PIPELINE_ENV, new_invocation())
+from image_density.tracking import start_pipeline_run
 
 
 localrules:
