@@ -34,9 +34,11 @@ include: "workflow/rules/catalogue.smk"
 include: "workflow/rules/tracking.smk"
 
 
-# the resolved params for the jobs, when a run starts (common.smk's PARAMS_FILE)
+# when a run starts: the resolved params for the jobs (common.smk's PARAMS_FILE), the id of the
+# MLflow parent runs of this invocation (tracking.smk)
 onstart:
     write_resolved(PARAMS_FILE, config)
+    start_pipeline_run()
 
 
 rule all:

@@ -1,6 +1,7 @@
 """`image-density train` / `nll` end to end on a tiny config, exit codes, and the tidy-table upsert."""
 
 import csv
+import os
 import threading
 
 import pytest
@@ -249,3 +250,34 @@ def test_concurrent_upserts_lose_nothing(tmp_path):
     for t in threads:
         t.join()
     assert sorted(int(r["k"]) for r in read_rows(path)[1]) == list(range(16))
+
+
+@pytest.mark.parametrize(
+    "error, requeued", [(Interrupted(3, "ck.pt"), True), (NonFiniteLoss("nan at step 3"), False)]
+)
+def test_only_an_interrupted_training_requeues_its_slurm_job(project, monkeypatch, tmp_path, error, requeued):
+    # a fake scontrol on PATH records its arguments; the job id comes from SLURM's environment
+    root, cfg = project
+    calls = tmp_path / "calls"
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}:{os.environ['PATH']}")
+
+    def fail(*a, **k):
+        raise error
+
+    monkeypatch.setattr("image_density.train.train_from_config", fail)
+    train = ["train", "--config", cfg, "--model", "energy", "--dataset", "field", "--out", root / "x"]
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(SystemExit):
+        run(*train, "--requeue", "1")  # not under SLURM: nothing to requeue
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with pytest.raises(SystemExit):
+        run(*train)  # --requeue 0 (the default, and every rule's outside the SLURM profile)
+    assert not calls.exists()
+    with pytest.raises(SystemExit) as exc:
+        run(*train, "--requeue", "1")
+    assert exc.value.code == (EXIT_INTERRUPTED if requeued else EXIT_NONFINITE)
+    assert (calls.read_text() if calls.exists() else "") == ("requeue 4242\n" if requeued else "")

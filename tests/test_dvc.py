@@ -22,7 +22,7 @@ pytestmark = pytest.mark.workflow
 
 OUTS = tuple(
     f"results/{out}"
-    for out in ("data", "models", "checkpoints", "nll", "multiscale", "studies", "tables", "figures")
+    for out in ("raw", "data", "models", "checkpoints", "nll", "multiscale", "studies", "tables", "figures")
 )
 
 
@@ -90,7 +90,7 @@ def repo(tmp_path_factory):
     (dest / "params" / "demo.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(dest, "git", "init", "-q")
     out = dvc(dest, "repro", timeout=900)  # the whole tiny pipeline
-    for stage in ("data", "energy", "evaluate", "multiscale", "studies", "tracking", "report"):
+    for stage in ("raw", "data", "energy", "evaluate", "multiscale", "studies", "tracking", "report"):
         assert f"Running stage '{stage}'" in out, out
     return dest
 
@@ -112,7 +112,7 @@ def test_param_change_reruns_only_what_depends_on_it(repo):
     params["energy"]["train"]["steps"] += 1
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(repo, "repro")
-    for stage in ("data", "multiscale"):
+    for stage in ("raw", "data", "multiscale"):
         assert f"Stage '{stage}' didn't change, skipping" in out, out
     for stage in ("energy", "evaluate", "studies", "tracking", "report"):
         assert f"Running stage '{stage}'" in out, out
@@ -126,6 +126,35 @@ def test_param_change_reruns_only_what_depends_on_it(repo):
             "results/tables/toy", "results/tables/generalization", "results/tables/multiscale_")  # fmt: skip
     assert not any(k.startswith(kept) for k in changed), changed
     assert "Data and pipelines are up to date." in dvc(repo, "status")
+
+
+def test_a_new_seed_reruns_the_studies_and_retrains_nothing(repo):
+    # the top-level seed is the evaluations'; the studies stage must not retrain the models the
+    # energy and multiscale stages own (it did, leaving their dvc.lock entries stale)
+    before = digests(repo)
+    params_file = repo / "params" / "demo.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["seed"] = params.get("seed", 0) + 1
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(repo, "repro")
+    assert "Running stage 'studies'" in out, out
+    for stage in ("raw", "data", "energy", "multiscale"):
+        assert f"Stage '{stage}' didn't change, skipping" in out, out
+    after = digests(repo)
+    owned = ("results/data/", "results/models/", "results/checkpoints/")
+    assert {k: v for k, v in before.items() if k.startswith(owned)} == {
+        k: v for k, v in after.items() if k.startswith(owned)
+    }
+    assert "Data and pipelines are up to date." in dvc(repo, "status")  # no stale lock entry
+
+
+def test_raw_data_pointer_is_versioned(repo):
+    manifest = json.loads((repo / "results/raw/manifest.json").read_text())
+    params = yaml.safe_load((repo / "params/demo.yaml").read_text())
+    assert set(manifest["datasets"]) == set(params["datasets"])
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert [o["path"] for o in lock["stages"]["raw"]["outs"]] == ["results/raw/manifest.json"]
+    assert "results/raw/manifest.json" in [d["path"] for d in lock["stages"]["data"]["deps"]]
 
 
 def test_plots_show_the_nll_table(repo):

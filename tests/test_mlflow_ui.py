@@ -1,10 +1,13 @@
-"""The project's store served by a real `mlflow server`: runs found over REST, the experiment page
-rendered by headless Chromium (installed by tests/system-deps.sh)."""
+"""The project's store served by a real `mlflow server`: runs found over REST; the experiment page, a
+run's metric chart and a figure artifact rendered by headless Chromium (tests/system-deps.sh
+installs it). The server runs in the store's folder, so it serves the artifacts the project logged
+(`mlflow-artifacts:/<experiment>`, tracking.py) from its default ./mlartifacts."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +24,8 @@ pytestmark = pytest.mark.workflow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RUNS = ("field16-energy", "field16-denoiser")
+MAGENTA = (255, 0, 255)
+FIGURE_SIZE = (240, 160)  # a magenta figure: its pixels are found in a screenshot of the page
 
 
 def free_port() -> int:
@@ -43,8 +48,12 @@ def server(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     curves = root / "metrics.jsonl"
     curves.write_text("".join(json.dumps({"step": s, "loss": 1 / (s + 1)}) + "\n" for s in range(100)))
+    from PIL import Image
+
+    figure = root / "square.png"
+    Image.new("RGB", FIGURE_SIZE, MAGENTA).save(figure)
     for name in RUNS:
-        tracking.log_run("energy", name, params={"model": name}, curves=curves, uri=uri)
+        tracking.log_run("energy", name, params={"model": name}, curves=curves, figures=[figure], uri=uri)
 
     port = free_port()
     log = (root / "server.log").open("w")
@@ -90,33 +99,81 @@ def test_runs_and_curves_over_rest(server):
     assert [f["path"] for f in files] == ["curves/metrics.jsonl"]  # served from beside the store
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (tests/system-deps.sh installs it)")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # without a virtual time budget only the loading skeleton is captured; the metric charts (drawn
+    # lazily) reach --dump-dom only with every compositor stage run and a longer budget
+    "--virtual-time-budget=40000",
+    "--run-all-compositor-stages-before-draw",
+    "--window-size=1400,900",
+]
+
+
+def chromium(page: str, action: str, profile) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", action, page]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def first_run(url: str) -> tuple[str, str]:
+    exp = get_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=energy")["experiment"]
+    runs = get_json(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    (run,) = [r for r in runs if r["info"]["run_name"] == RUNS[0]]
+    return exp["experiment_id"], run["info"]["run_id"]
+
+
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (tests/system-deps.sh installs it)"
+)
+
+
+@needs_chromium
 def test_experiment_page_renders_the_runs(server, tmp_path):
     url, _ = server
-    exp = get_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=energy")["experiment"]
+    exp_id, _ = first_run(url)
     # the UI opens on its GenAI views unless asked for the model-training runs table
-    page = f"{url}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--virtual-time-budget=20000",  # without it only the loading skeleton is captured
-        "--window-size=1400,900",
-    ]
-
-    def chromium(action: str, profile: str) -> subprocess.CompletedProcess:
-        cmd = [CHROMIUM, *flags, f"--user-data-dir={tmp_path / profile}", action, page]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
-    dom = chromium("--dump-dom", "p1")
-    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = f"{url}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    dom = chromium(page, "--dump-dom", tmp_path / "p1")
     for name in RUNS:
         assert name in dom.stdout
     shot = tmp_path / "mlflow-experiment.png"
-    out = chromium(f"--screenshot={shot}", "p2")
-    assert out.returncode == 0, out.stderr[-2000:]
+    chromium(page, f"--screenshot={shot}", tmp_path / "p2")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+@needs_chromium
+def test_run_metric_chart_draws_the_logged_curve(server, tmp_path):
+    url, _ = server
+    exp_id, run_id = first_run(url)
+    page = f"{url}/#/experiments/{exp_id}/runs/{run_id}/model-metrics?workflowType=machine_learning"
+    dom = chromium(page, "--dump-dom", tmp_path / "p").stdout
+    assert f"{RUNS[0]} (loss)" in dom  # the chart's legend
+    # the plotted line (plotly's js-line): the loss 1/(s+1) falls, so its points go down the chart
+    # (SVG y grows downward), first at the top
+    path = re.search(r'<path class="js-line" d="M([^"]+)"', dom)
+    assert path, dom[-3000:]
+    ys = [float(point.split(",")[1]) for point in path.group(1).split("L")]
+    assert len(ys) > 5 and ys == sorted(ys) and ys[-1] - ys[0] > 100, ys
+
+
+@needs_chromium
+def test_figure_artifact_renders(server, tmp_path):
+    from PIL import Image
+
+    url, _ = server
+    exp_id, run_id = first_run(url)
+    run_page = f"{url}/#/experiments/{exp_id}/runs/{run_id}"
+    page = f"{run_page}/artifacts/figures/square.png?workflowType=machine_learning"
+    shot = tmp_path / "artifact.png"
+    chromium(page, f"--screenshot={shot}", tmp_path / "p")
+    pixels = list(Image.open(shot).convert("RGB").getdata())
+    shown = sum(p == MAGENTA for p in pixels)  # the figure, fetched through the server and drawn
+    area = FIGURE_SIZE[0] * FIGURE_SIZE[1]
+    assert 0.5 * area < shown <= 1.05 * area, (shown, area)

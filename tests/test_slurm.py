@@ -9,10 +9,12 @@ requests), small memory and time requests, fast first status check, kept SLURM l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -131,15 +133,39 @@ def _profile(tmp_path: Path, default: dict, **rules: dict) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def _requeued_jobs_start_at_once():
+    """SLURM holds a requeued job about 2 minutes (BeginTime) before it may start again; on this
+    one-node test cluster, a thread releases it at once, to keep the test within minutes."""
+    done = threading.Event()
+
+    def release():
+        while not done.wait(1):
+            pending = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], text=True,
+                                     capture_output=True, timeout=30).stdout  # fmt: skip
+            for job, reason in (line.split() for line in pending.splitlines() if line.strip()):
+                if reason == "BeginTime":
+                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=60)
+
+
 def _weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)["model"]
 
 
 def test_training_past_its_time_limit_checkpoints_and_resumes_identically(slurm_cluster, tmp_path):
-    # one energy training of 1-3 minutes on 2 cores against a first time limit of 1 minute (SLURM's
+    # one energy training of 1-3 minutes on 2 cores against a time limit of 1 minute (SLURM's
     # smallest). slurmctld checks limits every 30 s, so `--signal=TERM@1` arrives 29-59 s into the
-    # job; the retry gets 5 minutes. No periodic checkpoint before the end (ckpt_every = steps): a
-    # resume can only start from the checkpoint the signal caused.
+    # job, which checkpoints, exits 75 and requeues itself (the profile's requeue: 1), with the same
+    # limit, until the training is done. No periodic checkpoint before the end (ckpt_every = steps):
+    # a resume can only start from a checkpoint a signal caused.
     raw = yaml.safe_load(TINY.read_text())
     steps = 1500
     raw["energy"]["train"] |= {"steps": steps, "ckpt_every": steps, "log_every": 100}
@@ -163,29 +189,33 @@ def test_training_past_its_time_limit_checkpoints_and_resumes_identically(slurm_
         train={
             "gpu": 0,
             "mem_mb": 500,
-            "runtime": "1 if attempt == 1 else 5",
+            "runtime": 1,
             "slurm_extra": "'--signal=TERM@1'",
         },
     )
-    res = snakemake(
-        model,
-        "--profile",
-        str(profile),
-        "--configfile",
-        str(params),
-        "--slurm-init-seconds-before-status-checks",
-        "2",
-        workdir=tmp_path / "run",
-        timeout=480,
-    )
-    out, _ = reference.communicate(timeout=300)
+    with _requeued_jobs_start_at_once():
+        res = snakemake(
+            model,
+            "--profile",
+            str(profile),
+            "--configfile",
+            str(params),
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+            workdir=tmp_path / "run",
+            timeout=900,
+        )
+    out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out
     assert res.returncode == 0, report(res, tmp_path / "run")
-    # the training was submitted twice: the time limit's signal stopped the first (exit 75), the
-    # retry resumed from the checkpoint written then
+    # submitted once: the time limit's signal stopped it (exit 75) and SLURM requeued the same job,
+    # which resumed from the checkpoint written then
     submitted = [line for line in res.stdout.splitlines() if "has been submitted with SLURM jobid" in line]
-    assert sum("rule_train/" in line for line in submitted) == 2, res.stdout
-    log = (tmp_path / f"run/results/logs/train/energy/{name}.log").read_text()
+    (train_job,) = [line.split("SLURM jobid ")[1].split()[0] for line in submitted if "rule_train/" in line]
+    job = subprocess.run(["scontrol", "show", "job", train_job], text=True, capture_output=True, timeout=30)
+    restarts = int(job.stdout.split("Restarts=")[1].split()[0])
+    assert restarts >= 1 and "JobState=COMPLETED" in job.stdout, job.stdout
+    log = (tmp_path / f"run/results/logs/train/energy/{name}.log").read_text()  # the last run's
     resumed = int(log.rsplit("(resumed from ", 1)[1].split(")")[0])
     assert 0 < resumed < steps, log
     # bit for bit the weights of the uninterrupted training
@@ -194,19 +224,45 @@ def test_training_past_its_time_limit_checkpoints_and_resumes_identically(slurm_
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-def test_a_training_that_failed_for_good_is_not_retried(tmp_path):
-    # a NaN (exit 3) under the profile's retries: the retries fail at once, without training
+def test_a_training_that_failed_for_good_is_submitted_once(slurm_cluster, tmp_path):
+    # a NaN (exit 3) under the profile: one submission, no resubmission, the workflow fails
     raw = yaml.safe_load(TINY.read_text())
     raw["energy"]["train"]["lr"] = 1e30  # the loss overflows within the first steps
     params = tmp_path / "nan.yaml"
     params.write_text(yaml.safe_dump(raw))
     name = raw["energy"]["datasets"][0]
-    retries = yaml.safe_load((ROOT / "slurm/config.yaml").read_text())["retries"]
     model = f"results/models/energy/{name}/model.pt"
-    res = snakemake("-c1", model, "--configfile", str(params), "--retries", str(retries), workdir=tmp_path)
+    profile = _profile(
+        tmp_path,
+        {"mem_mb": 500, "runtime": 10},
+        prepare_data={"mem_mb": 500, "cpus_per_task": 1, "runtime": 10},
+        train={"gpu": 0, "mem_mb": 500, "runtime": 10},
+    )
+    res = snakemake(
+        model, "--profile", str(profile), "--configfile", str(params),
+        "--slurm-init-seconds-before-status-checks", "2", workdir=tmp_path / "run", timeout=400,
+    )  # fmt: skip
+    assert res.returncode != 0
+    submitted = [line for line in res.stdout.splitlines() if "has been submitted with SLURM jobid" in line]
+    (train_job,) = [line.split("SLURM jobid ")[1].split()[0] for line in submitted if "rule_train/" in line]
+    job = subprocess.run(["scontrol", "show", "job", train_job], text=True, capture_output=True, timeout=30)
+    assert "Restarts=0" in job.stdout and "JobState=FAILED" in job.stdout, job.stdout
+    log = (tmp_path / f"run/results/logs/train/energy/{name}.log").read_text()
+    assert "NonFiniteLoss" in log or "non-finite" in log.lower(), log
+
+
+def test_snakemake_retries_of_a_training_that_failed_for_good_fail_at_once(tmp_path):
+    # `snakemake --retries N` (not the profile's default): the retries of a NaN fail without training
+    raw = yaml.safe_load(TINY.read_text())
+    raw["energy"]["train"]["lr"] = 1e30
+    params = tmp_path / "nan.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    name = raw["energy"]["datasets"][0]
+    model = f"results/models/energy/{name}/model.pt"
+    res = snakemake("-c1", model, "--configfile", str(params), "--retries", "2", workdir=tmp_path)
     assert res.returncode != 0
     log = (tmp_path / f"results/logs/train/energy/{name}.log").read_text()  # the last attempt's
-    assert f"attempt {retries + 1} not run: attempt 1 failed with exit 3 (NonFiniteLoss" in log, log
+    assert "attempt 3 not run: attempt 1 failed with exit 3 (NonFiniteLoss" in log, log
 
 
 def test_profile_scales_runtime_and_signals_trainings(monkeypatch):
@@ -219,6 +275,10 @@ def test_profile_scales_runtime_and_signals_trainings(monkeypatch):
         assert eval(runtime, {"attempt": 2}) > eval(runtime, {"attempt": 1}), rule
     for rule in ("train", "train_generalization", "train_scale"):
         assert "--signal=TERM@" in resources[rule]["slurm_extra"], rule
+        assert resources[rule]["requeue"] == 1, rule  # an interrupted training requeues its job
+    # ... and nothing else runs again: Snakemake resubmits no failed job (exit 2, 3 fail once)
+    assert profile["retries"] == 0 and profile["slurm-requeue"] is True
+    assert not any("requeue" in values for rule, values in resources.items() if not rule.startswith("train"))
     monkeypatch.setenv("IMAGE_DENSITY_CPU_PARTITION", "cpu")
     monkeypatch.setenv("IMAGE_DENSITY_GPU_PARTITION", "gpu")
     partition = {rule: eval(values.get("slurm_partition", "''")) for rule, values in resources.items()}

@@ -341,3 +341,100 @@ def test_live_run_never_fails_the_training_when_the_store_is_down(tmp_path, caps
         time.sleep(0.5)
     assert time.monotonic() - start < 5
     assert f"live logging to {down} failed" in capsys.readouterr().out
+
+
+# ------------------------------------------- pipeline parents, models, registry, inputs, moving
+
+
+def test_best_version_is_the_lowest_score_newest_on_ties():
+    assert tracking.best_version([("1", 4.2), ("2", 3.9), ("3", 5.0)]) == "2"
+    assert tracking.best_version([("1", 3.9), ("2", 3.9)]) == "2"
+    assert tracking.best_version([]) is None
+
+
+def _model_file(path: Path, seed: int) -> Path:
+    import torch
+
+    from _train_helpers import TINY_UNET
+    from image_density.checkpoint import save_model
+    from image_density.models import build_model
+
+    torch.manual_seed(seed)
+    spec = {"arch": "energy_unet", "channels": 1, **TINY_UNET}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_model(path, weights=build_model(spec).state_dict(), model_spec=spec)
+
+
+def test_models_registered_best_aliased_datasets_as_inputs_under_one_parent(tmp_path, uri, monkeypatch):
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow import MlflowClient
+
+    from image_density.checkpoint import load_model
+
+    data = tmp_path / "data" / "g"
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text(
+        json.dumps({"sha256": {"train.npy": "ab12"}, "shape": [1, 8, 8], "n_train": 4})
+    )
+    records = []
+    for i, nll in enumerate([4.2, 3.9, 5.0]):  # three pipeline invocations, each a new model
+        model = _model_file(tmp_path / f"m{i}" / "model.pt", seed=i)
+        metrics = tmp_path / f"metrics{i}.json"
+        metrics.write_text(json.dumps({"nll": {"g": {"energy_test_bits_per_dim": nll}}}))
+        spec = tracking.RunSpec(
+            "energy", "g-energy", model=model, registered_model="energy-g", metrics=metrics,
+            metrics_key=("nll", "g"), best_by="energy_test_bits_per_dim", datasets=(data,),
+        )  # fmt: skip
+        other = tracking.RunSpec("energy", "g-denoiser", params={"lr": i})
+        records.append(tracking.log_runs([spec, other], {}, pipeline=f"inv{i}", uri=uri))
+    c = MlflowClient(uri)
+    # one parent per invocation and experiment, holding that invocation's runs
+    for i, (run, other) in enumerate(records):
+        parent = c.get_run(c.get_run(run.run_id).data.tags["mlflow.parentRunId"])
+        assert (
+            parent.info.run_name == f"pipeline inv{i}"
+            and parent.data.tags["pipeline.invocation"] == f"inv{i}"
+        )
+        assert c.get_run(other.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    parents = c.search_runs([records[0][0].experiment_id], "tags.`pipeline.role` = 'parent'")
+    assert len(parents) == 3
+    # versions 1..3; alias best on the lowest NLL (version 2)
+    versions = {str(v.version) for v in c.search_model_versions("name = 'energy-g'")}
+    assert versions == {"1", "2", "3"}
+    best = c.get_model_version_by_alias("energy-g", "best")
+    assert str(best.version) == "2" and best.run_id == records[1][0].run_id
+    assert best.source.startswith("mlflow-artifacts:/energy/")  # relative to the store
+    # the dataset as the run's input, its digest from the listed sha256
+    inputs = c.get_run(records[0][0].run_id).inputs.dataset_inputs
+    assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [
+        ("g", tracking.dataset_tags(data)["dataset.g.sha256"][:32])
+    ]
+    # the registered model loads offline and denoises as the model file does
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model("models:/energy-g@best")
+    y = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    t = np.array([0.1, 0.5], dtype=np.float32)
+    net, _ = load_model(tmp_path / "m1" / "model.pt")
+    want = net.denoise(torch.from_numpy(y), torch.from_numpy(t)).detach().numpy()
+    np.testing.assert_allclose(loaded.predict({"y": y, "t": t}), want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_store_folder_moves_with_its_artifacts(tmp_path):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    store = tmp_path / "a"
+    figure = tmp_path / "curve.png"
+    figure.write_bytes(b"\x89PNG fake figure")
+    rec = tracking.log_run("nll", "g", figures=[figure], uri=f"sqlite:///{store / 'mlflow.db'}")
+    moved = tmp_path / "b"
+    shutil.move(store, moved)
+    c = MlflowClient(f"sqlite:///{moved / 'mlflow.db'}")  # a plain client: the plugin resolves it
+    assert c.get_experiment(rec.experiment_id).artifact_location == "mlflow-artifacts:/nll"
+    got = Path(c.download_artifacts(rec.run_id, "figures/curve.png", str(tmp_path / "dl")))
+    assert got.read_bytes() == figure.read_bytes()
+    assert not store.exists()

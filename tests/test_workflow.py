@@ -62,9 +62,12 @@ def test_paper_plans(paper_workdir):
 def test_slurm_profile_plans_paper_scale(paper_workdir):
     # `snakemake --profile slurm all` as typed from the repo root: the profile parses (valid plugin
     # option names), selects params/paper.yaml and asks for GPUs for training only
-    res = snakemake("--profile", "slurm", "-n", "all", workdir=paper_workdir)
+    res = snakemake("--profile", "slurm", "-n", "-p", "all", workdir=paper_workdir)
     assert res.returncode == 0, res.stdout
     assert "params/paper.yaml" in res.stdout
+    # trainings requeue their job when interrupted; nothing else does
+    commands = [line for line in res.stdout.splitlines() if "image-density" in line and "--attempt" in line]
+    assert commands and all("--requeue 1" in line for line in commands), commands
     assert _planned_data(res.stdout) == set(load_config(ROOT / "params/paper.yaml").datasets)
     profile = yaml.safe_load((ROOT / "slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
@@ -207,6 +210,13 @@ def test_tiny_pipeline_runs_and_is_then_up_to_date(tmp_path):
     assert more.returncode == 0, more.stdout
     assert "params have changed since last execution:\n        train\n" in more.stdout, more.stdout
     assert "rule prepare_data:" not in more.stdout
+    # the evaluations' seed reruns evaluations, never a training (which draws from its train.seed)
+    reseeded = snakemake("-n", "all", "--configfile", str(TINY), "--config", "seed=7", workdir=tmp_path)
+    assert reseeded.returncode == 0 and "rule study_nll:" in reseeded.stdout, reseeded.stdout
+    assert not any(
+        f"rule {r}:" in reseeded.stdout
+        for r in ("train", "train_scale", "train_scale_lowpass", "train_generalization")
+    )
 
 
 def _assert_tracked(workdir, cfg):
@@ -222,7 +232,12 @@ def _assert_tracked(workdir, cfg):
         exp = c.get_experiment_by_name(experiment)
         assert exp is not None, experiment
         newest_last = c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-        return {r.info.run_name: r for r in newest_last}  # the newest run of each name (history kept)
+        parents = [r for r in newest_last if r.data.tags.get("pipeline.role") == "parent"]
+        children = [r for r in newest_last if r not in parents]
+        # one snakemake invocation: every run a child of the experiment's one parent run
+        assert len(parents) == 1, (experiment, parents)
+        assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parents[0].info.run_id}
+        return {r.info.run_name: r for r in children}  # the newest run of each name (history kept)
 
     names, gen, models = cfg.energy.datasets, cfg.generalization, workdir / "results" / "models"
     trained = {
@@ -244,6 +259,15 @@ def _assert_tracked(workdir, cfg):
             assert any(k.startswith("dataset.") and k.endswith(".sha256") for k in run.data.tags)
             curve = [p for p in tracking.read_curves(folder / "metrics.jsonl") if "loss" in p[2]]
             assert len(c.get_metric_history(run.info.run_id, "loss")) == len(curve) > 0, name
+    # energy models and denoisers registered, the data as the runs' input, alias best on the energies
+    for d in names:
+        for m in ("energy", "denoiser"):
+            (version,) = c.search_model_versions(f"name = '{m}-{d}'")
+            assert version.run_id == runs("energy")[f"{d}-{m}"].info.run_id
+        best = c.get_model_version_by_alias(f"energy-{d}", "best")
+        assert float(best.tags["score"]) == runs("nll")[d].data.metrics["energy_test_bits_per_dim"]
+        (data,) = runs("energy")[f"{d}-energy"].inputs.dataset_inputs
+        assert data.dataset.name == d
     evaluations = {"nll", "denoising", "dimensionality", "content", "toy", "generalization",
                    "multiscale_denoising", "multiscale_nll", "superres", "synthesis", "metrics"}  # fmt: skip
     for experiment in evaluations:

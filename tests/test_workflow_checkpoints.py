@@ -32,10 +32,14 @@ def test_more_steps_resume_other_settings_train_afresh_beside_the_old_state(tmp_
     def other_lr(raw):
         raw["energy"]["train"]["lr"] = 0.123
 
+    def other_seed(raw):  # the evaluations' seed; a training draws from its train.seed
+        raw["seed"] = 7
+
     base = _ckpt_dirs(tmp_path, "base", lambda raw: None)
     energy = {d for d in base if "/checkpoints/energy/" in d or "/checkpoints/denoiser/" in d}
     assert energy and len(base) > len(energy)  # multi-scale networks too
     assert _ckpt_dirs(tmp_path, "steps", more_steps) == base  # a longer run resumes
+    assert _ckpt_dirs(tmp_path, "seed", other_seed) == base
     changed = _ckpt_dirs(tmp_path, "lr", other_lr)
     assert changed - base and {d.rsplit("/", 1)[0] for d in changed - base} == {
         d.rsplit("/", 1)[0] for d in energy

@@ -69,6 +69,25 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _add_manifest(sub) -> None:
+    p = sub.add_parser(
+        "manifest",
+        help="write the pointer to every dataset's raw data (spec; size and sha256 of user files)",
+        description="One JSON file naming the raw data behind `datasets:` (data/manifest.py); DVC "
+        "versions it (dvc.yaml's raw stage), so a changed raw file reruns the data stage.",
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="e.g. results/raw/manifest.json")
+    p.set_defaults(func=_manifest)
+
+
+def _manifest(args) -> None:
+    from image_density.data.manifest import raw_manifest
+
+    cfg = load_config(args.config)
+    atomic.write_text(args.out, json.dumps(raw_manifest(cfg.datasets), indent=2, sort_keys=True) + "\n")
+
+
 def _add_track(sub) -> None:
     p = sub.add_parser(
         "track",
@@ -79,7 +98,8 @@ def _add_track(sub) -> None:
         "costs seconds, a run tens of milliseconds): --runs JSON, a list of objects with the keys "
         "experiment, run_name and optionally sections (list of keys), params, tags (objects), curves, "
         "metrics (paths), metrics_key (a key of the metrics JSON: only that subtree), tables, figures, "
-        "artifacts, datasets (lists of paths); e.g. "
+        "artifacts, datasets (lists of paths), model (a model file, logged as an MLflow model), "
+        "registered_model (its registry name), best_by (a final metric: alias 'best' on the lowest); e.g. "
         '\'[{"experiment": "energy", "run_name": "field16-energy", "sections": ["energy.train"], '
         '"curves": "results/models/energy/field16/metrics.jsonl"}]\'. '
         "A key is dotted text or a list of its parts (for names holding dots).",
@@ -113,6 +133,11 @@ def _add_track(sub) -> None:
         "--out",
         type=Path,
         help="write the run's ids here as JSON (--runs: a list, one per run); a Snakemake output",
+    )
+    p.add_argument(
+        "--pipeline-run",
+        help="the pipeline invocation whose parent run (one per experiment) the new runs join "
+        "(default: $IMAGE_DENSITY_PIPELINE_RUN, set by the Snakefile's onstart; else a new one)",
     )
     p.set_defaults(func=_track)
 
@@ -148,7 +173,8 @@ def _track(args) -> None:
         "config_sha256": tracking.config_sha256(cfg),
         "config_file": str(args.config),
     }
-    records = tracking.log_runs(runs, cfg, tags=tags)
+    pipeline = args.pipeline_run or os.environ.get(tracking.PIPELINE_ENV) or tracking.new_invocation()
+    records = tracking.log_runs(runs, cfg, tags=tags, pipeline=pipeline)
     for record in records:
         print(
             f"{'unchanged' if record.reused else 'logged'} run {record.run_id} "
@@ -190,6 +216,10 @@ def _add_train(sub) -> None:
 def _add_attempt(p) -> None:
     p.add_argument("--attempt", type=int, default=1,
                    help="Snakemake's attempt (1 + retries so far); see --help of train")  # fmt: skip
+    p.add_argument("--requeue", type=int, choices=[0, 1], default=0,
+                   help="1: under a SLURM batch job, an interrupted training (exit 75) puts its own "
+                   "job back in the queue (scontrol requeue), where it resumes; the SLURM profile "
+                   "sets it for the training rules (resources: requeue)")  # fmt: skip
     p.add_argument("--live-every", type=float, default=60, metavar="SECONDS",
                    help="log the curves to MLflow (experiment 'training', run <model folder>) every "
                    "SECONDS while training (default 60; a shorter training is left to the tracking "
@@ -247,6 +277,25 @@ def _live_run(args, ckpt_dir: Path):
                             params=params, tags=tags, every_s=args.live_every)  # fmt: skip
 
 
+def _requeue_slurm_job(command: str) -> None:
+    """Put this SLURM batch job back in the queue (same job id: Snakemake, polling it, keeps waiting;
+    the job's script reruns the training, which resumes from the checkpoint just written). The one
+    failure worth running again: the SLURM profile has no Snakemake retries, so a NaN or a bad input
+    (exit 3, 2) fails once. Outside a batch job, or when SLURM refuses, the exit 75 stands."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or os.environ.get("RANK", "0") != "0":
+        return
+    import subprocess
+
+    try:
+        res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as err:
+        print(f"image-density {command}: scontrol requeue {job} failed: {err}", file=sys.stderr)
+        return
+    print(f"image-density {command}: scontrol requeue {job}: exit {res.returncode} {res.stderr.strip()}",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _run_training(command: str, run, args) -> None:
     """Call run() -> TrainResult; exit 75 when a signal stopped it after a checkpoint, 3 on a non-finite
     loss (train.py), 2 on bad input (main); 3 and bad input are recorded for _refuse_retry (an OS
@@ -259,7 +308,9 @@ def _run_training(command: str, run, args) -> None:
         with _live_run(args, ckpt_dir):
             res = run()
     except Interrupted as err:
-        print(f"image-density {command}: {err}", file=sys.stderr)
+        print(f"image-density {command}: {err}", file=sys.stderr, flush=True)
+        if args.requeue:
+            _requeue_slurm_job(command)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except NonFiniteLoss as err:
         _record_failure(ckpt_dir, args.attempt, EXIT_NONFINITE, err)
@@ -709,7 +760,7 @@ def _metrics(args) -> None:
 
 
 COMMANDS = [
-    _add_schema, _add_validate, _add_prepare, _add_track, _add_train, _add_nll, _add_collect,
+    _add_schema, _add_validate, _add_prepare, _add_manifest, _add_track, _add_train, _add_nll, _add_collect,
     _add_study, _add_figure, _add_metrics, _add_train_scale, _add_denoise, _add_sample, _add_super_resolve,
     _add_multiscale_nll,
 ]  # fmt: skip

@@ -2,7 +2,12 @@
 
 Store. `MLFLOW_TRACKING_URI` when set, else `sqlite:///<cwd>/mlflow.db`: Snakemake, DVC and the SLURM
 jobs all run in the repository root, so a bare `mlflow ui` there shows every run. Artifacts go
-beside a sqlite store (`<db dir>/mlartifacts/<experiment>/<run id>/`, fixed when the experiment is made).
+beside a sqlite store, in `<db dir>/mlartifacts/<experiment>/<run id>/artifacts/`, recorded relative
+to it: experiments made here have the artifact location `mlflow-artifacts:/<experiment>`, the URI
+`mlflow server`/`mlflow ui` resolve against their `--artifacts-destination` (default ./mlartifacts
+of their working directory), and which `artifact_repository` (an MLflow plugin, so in any MLflow
+process) resolves against the sqlite file's folder. So the folder holding mlflow.db and
+mlartifacts/ can be moved or copied, and read with a plain MlflowClient.
 
 Layout. One experiment per study ("energy", "multiscale", "nll", ...), one run per trained model or
 evaluation, found by its name. Rerunning a job adds a run of the same name and keeps the earlier
@@ -11,6 +16,17 @@ newest first). Metric histories cannot be edited in MLflow, so updating a run in
 trainings' curves. Rerunning with identical inputs (tag `inputs_sha256`) is a no-op that returns the
 existing run. Experiments carry `mlflow.experimentKind=custom_model_development`, which MLflow 3's
 UI reads to open on the runs and their charts instead of its GenAI (traces) overview.
+
+Pipeline runs. The runs one pipeline invocation logs are children (`mlflow.parentRunId`) of one
+parent run per experiment, `pipeline <id>`, tagged `pipeline.invocation=<id>`; the id comes from
+$IMAGE_DENSITY_PIPELINE_RUN (set by the Snakefile's onstart for its jobs), else one per `track` call.
+
+Models and data. A trained model's file is logged as an MLflow model (pyfunc flavor whose loader is
+this module's `_load_pyfunc`: predict({"y": (N, C, H, W), "t": (N,)}) -> x_hat, the denoiser every
+model exposes; it loads with image_density installed, offline) and registered; with a score
+(`best_by`, lower is better, e.g. test NLL in bits/dim) the version with the lowest one carries the
+alias `best`. Prepared data folders are logged as run inputs (name, digest of the arrays' sha256
+listed in meta.json, source path, profile: shape and sizes).
 
 Batches. Importing mlflow costs ~1-2 s a process and a run then ~25 ms, so the workflow logs each
 group of runs in one process (`log_runs`, `image-density track --runs JSON`, workflow/rules/tracking.smk)
@@ -45,6 +61,13 @@ from pathlib import Path
 from typing import Any
 
 DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"  # beside DB_NAME; `mlflow server`'s default --artifacts-destination
+PROXIED = "mlflow-artifacts"
+PIPELINE_ENV = "IMAGE_DENSITY_PIPELINE_RUN"
+PIPELINE_TAG = "pipeline.invocation"
+PARENT_TAG = "mlflow.parentRunId"
+BEST_ALIAS = "best"
+MODEL_DIR = "model"  # the MLflow model's folder among a run's artifacts
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 DATA_META = "meta.json"  # data/store.py's META, not imported from there: that module imports torch
 _METRICS_PER_BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
@@ -194,6 +217,29 @@ def dataset_tags(path: Path) -> dict[str, str]:
     }
 
 
+def dataset_input(path: Path, tags: Mapping[str, str]) -> dict[str, str]:
+    """A prepared data folder as an MLflow dataset (name, digest, source, profile); `tags`: its
+    `dataset_tags`, whose sha256 (of the arrays' listed sha256) gives the digest (MLflow keeps 36
+    characters of it)."""
+    meta = path / DATA_META
+    info = json.loads(meta.read_text()) if meta.is_file() else {}
+    profile = {k: info[k] for k in ("kind", "shape", "dtype", "n_train", "n_test") if k in info}
+    return {
+        "name": path.name,
+        "digest": tags[f"dataset.{path.name}.sha256"][:32],
+        "source_type": "local",
+        "source": json.dumps({"uri": str(path)}),
+        "profile": json.dumps(profile, sort_keys=True),
+    }
+
+
+def best_version(scores: Iterable[tuple[str | int, float]]) -> str | int | None:
+    """The model version with the lowest score (test NLL: lower is better); on a tie the newest
+    (highest version number). None when nothing is scored."""
+    ranked = sorted(scores, key=lambda vs: (vs[1], -int(vs[0])))
+    return ranked[0][0] if ranked else None
+
+
 def config_sha256(tree: Mapping[str, Any]) -> str:
     """Hash of a resolved config (`Config.model_dump(mode="json")`), independent of key order."""
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
@@ -263,6 +309,47 @@ def _initialized(db: Path) -> bool:
         return False
 
 
+@contextmanager
+def _store_lock(uri: str):
+    """An exclusive lock (`<db>.lock`, fcntl) beside a sqlite store; nothing for other stores."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def proxied_local_path(artifact_uri: str, uri: str) -> Path | None:
+    """Where a `mlflow-artifacts:/<path>` URI lies for a sqlite store: <db dir>/mlartifacts/<path>, as
+    `mlflow server` run in the db's folder serves it; None for other URIs or stores."""
+    db = _sqlite_path(uri)
+    prefix = f"{PROXIED}:"
+    if db is None or not artifact_uri.startswith(prefix):
+        return None
+    rest = artifact_uri[len(prefix) :]
+    if rest.startswith("//"):  # mlflow-artifacts://host:port/path names a server: not local
+        return None
+    return db.resolve().parent / ARTIFACTS_DIR / rest.lstrip("/")
+
+
+def artifact_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+    """The artifact repository of the `mlflow-artifacts` scheme, registered for every MLflow process
+    of this environment (pyproject's entry point `mlflow.artifact_repository`): with a sqlite store,
+    the local folder beside it (no server needed to log or read, by this package or any MLflow
+    client); otherwise MLflow's own, through the server."""
+    import mlflow
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    local = proxied_local_path(artifact_uri, tracking_uri or mlflow.get_tracking_uri())
+    if local is None:
+        return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+    return LocalArtifactRepository(str(local))
+
+
 def client(uri: str | None = None):
     """An MlflowClient on a store whose tables exist. Making the first client of a new sqlite file
     creates the tables (alembic migrations), which races between jobs; so the check and the creation
@@ -272,20 +359,18 @@ def client(uri: str | None = None):
     uri = uri or tracking_uri()
     db = _sqlite_path(uri)
     if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        with _store_lock(uri):
             if not _initialized(db):
                 return _retry(MlflowClient, uri)
     return _retry(MlflowClient, uri)
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Beside a sqlite store: <db dir>/mlartifacts/<experiment> (MLflow's own default is ./mlruns of
-    whatever directory the first job ran in). Other stores keep their server's default."""
-    db = _sqlite_path(uri)
+    """Beside a sqlite store: mlflow-artifacts:/<experiment>, i.e. <db dir>/mlartifacts/<experiment>
+    (MLflow's own default is an absolute ./mlruns of whatever directory the first job ran in). Other
+    stores keep their server's default."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
-    return None if db is None else str(db.resolve().parent / "mlartifacts" / safe)
+    return None if _sqlite_path(uri) is None else f"{PROXIED}:/{safe}"
 
 
 def experiment_id(c, name: str) -> str:
@@ -339,6 +424,116 @@ def _log_files(c, run_id: str, files: Mapping[str, Iterable[Path]]) -> None:
                 raise OSError(err.errno, f"cannot copy {p} to {where}: {err.strerror or err}") from err
 
 
+def pipeline_run(c, exp_id: str, invocation: str) -> str:
+    """The parent run of `invocation` in the experiment, made by the first job that needs it (under
+    the store's lock, so concurrent tracking jobs of one invocation share it)."""
+    if "'" in invocation:
+        raise ValueError(f"pipeline invocation {invocation!r} must not contain a single quote")
+    with _store_lock(c.tracking_uri):
+        found = _retry(
+            c.search_runs,
+            [exp_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{invocation}' and tags.`pipeline.role` = 'parent'",
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+        tags = {PIPELINE_TAG: invocation, "pipeline.role": "parent"}
+        run = _retry(c.create_run, exp_id, run_name=f"pipeline {invocation}", tags=tags)
+        _retry(c.set_terminated, run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+
+def new_invocation() -> str:
+    """An id for one pipeline invocation: its start time (sorts as text) and a random suffix."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
+
+
+def start_pipeline_run() -> str:
+    """This invocation's id, made once per process and handed to its jobs through $PIPELINE_ENV (the
+    Snakefile's onstart calls it; the local tracking jobs inherit the variable)."""
+    return os.environ.setdefault(PIPELINE_ENV, new_invocation())
+
+
+def _log_datasets(c, run_id: str, datasets: list[dict[str, str]]) -> None:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [DatasetInput(Dataset(**d), tags=[InputTag("mlflow.data.context", "train")]) for d in datasets]
+    _retry(c.log_inputs, run_id, datasets=inputs)
+
+
+def _log_model(c, run_id: str, model: Path) -> None:
+    """The model file as an MLflow pyfunc model under the run's artifacts/model: its loader is this
+    module's `_load_pyfunc`, its input named tensors y (N, C, H, W) and t (N,), its output x_hat."""
+    import tempfile
+
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from image_density import __version__
+
+    signature = ModelSignature(
+        inputs=Schema([
+            TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1), "y"),
+            TensorSpec(np.dtype(np.float32), (-1,), "t"),
+        ]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]),
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / MODEL_DIR
+        mlflow.pyfunc.save_model(
+            str(folder), loader_module=__name__, data_path=str(model), signature=signature,
+            pip_requirements=[f"image-density=={__version__}"],
+        )  # fmt: skip
+        _retry(c.log_artifacts, run_id, str(folder), MODEL_DIR)
+
+
+def _register(c, run_id: str, name: str, best_by: str | None, score: float | None) -> None:
+    """A new version of registered model `name` from the run's artifacts/model, tagged with its score;
+    alias `best` moved to the lowest-scored version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _retry(c.create_registered_model, name)
+    except MlflowException as err:
+        if "RESOURCE_ALREADY_EXISTS" not in f"{err.error_code} {err}":
+            raise
+    source = f"{_retry(c.get_run, run_id).info.artifact_uri}/{MODEL_DIR}"
+    tags = {} if score is None else {"best_by": best_by, "score": repr(score)}
+    _retry(c.create_model_version, name, source, run_id=run_id, tags=tags)
+    if best_by is None:
+        return
+    versions = _retry(c.search_model_versions, f"name = '{name}'")
+    scored = [(v.version, float(v.tags["score"])) for v in versions if v.tags.get("best_by") == best_by]
+    best = best_version(scored)
+    if best is not None:
+        _retry(c.set_registered_model_alias, name, BEST_ALIAS, best)
+
+
+class _Denoiser:
+    """What `mlflow.pyfunc.load_model` returns the predictions of: a model file's network,
+    x_hat = denoise(y, t) (Tweedie for an energy model)."""
+
+    def __init__(self, path: str):
+        from image_density.checkpoint import load_model
+
+        self.model, _ = load_model(Path(path))
+
+    def predict(self, model_input: Mapping[str, Any], params: Mapping[str, Any] | None = None):
+        import torch
+
+        y = torch.as_tensor(model_input["y"], dtype=torch.float32)  # (N, C, H, W)
+        t = torch.as_tensor(model_input["t"], dtype=torch.float32)  # (N,)
+        return self.model.denoise(y, t).detach().numpy()
+
+
+def _load_pyfunc(data_path: str) -> _Denoiser:
+    """The pyfunc flavor's loader (`loader_module` of `_log_model`): `data_path` is the model file."""
+    return _Denoiser(data_path)
+
+
 def log_run(
     experiment: str,
     run_name: str,
@@ -350,24 +545,41 @@ def log_run(
     figures: Iterable[Path] = (),
     artifacts: Iterable[Path] = (),
     tags: Mapping[str, str] | None = None,
+    datasets: Iterable[Mapping[str, str]] = (),
+    model: Path | None = None,
+    registered_model: str | None = None,
+    best_by: str | None = None,
+    pipeline: str | None = None,
     uri: str | None = None,
 ) -> RunRecord:
     """Log one trained model or evaluation as a new run `run_name` of `experiment` (older runs of that
     name stay). `params` (nested allowed) are flattened; `curves` is a metrics.jsonl replayed with its
     steps; `metrics` are final numbers; tables go under artifacts/tables, figures under
-    artifacts/figures, the rest at the top. All files are read before MLflow is touched."""
+    artifacts/figures, the rest at the top; `datasets` (`dataset_input`s) are the run's inputs;
+    `model`, a model file, is logged as an MLflow model (artifacts/model) and registered as
+    `registered_model`, its version scored by the final metric `best_by` (alias `best`: the lowest);
+    `pipeline`: the invocation whose parent run the run joins. All files are read before MLflow is
+    touched."""
     from mlflow.entities import Metric, Param, RunStatus
 
     tables, figures, artifacts = list(tables), list(figures), list(artifacts)
-    files = [*tables, *figures, *artifacts] + ([curves] if curves else [])
+    datasets = [dict(d) for d in datasets]
+    files = [*tables, *figures, *artifacts] + ([curves] if curves else []) + ([model] if model else [])
     missing = [str(p) for p in files if not p.exists()]
     if missing:
         raise FileNotFoundError(f"files to log do not exist: {missing}")
+    if registered_model and model is None:
+        raise ValueError(f"run {experiment}/{run_name}: registered_model {registered_model!r} needs a model")
     params_str = param_values(params or {})
     points = read_curves(curves) if curves else []
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
-    h = hashlib.sha256(json.dumps([params_str, metrics, dict(tags or {})], sort_keys=True).encode())
-    for group, paths in (("c", [curves] if curves else []), ("t", tables), ("f", figures), ("a", artifacts)):
+    if best_by is not None and registered_model is None:
+        raise ValueError(f"run {experiment}/{run_name}: best_by {best_by!r} needs a registered_model")
+    described = [params_str, metrics, dict(tags or {}), datasets, registered_model, best_by]
+    h = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    groups = (("c", [curves] if curves else []), ("t", tables), ("f", figures), ("a", artifacts),
+              ("m", [model] if model else []))  # fmt: skip
+    for group, paths in groups:
         for p in paths:
             h.update(f"{group}:{p.name}\0".encode())
             _hash_into(h, p)
@@ -383,8 +595,12 @@ def log_run(
                 return RunRecord(uri, experiment, exp_id, run_name, run.info.run_id, reused=True)
 
         run_tags = {**(tags or {}), "inputs_sha256": inputs_sha256}
+        if pipeline:  # not part of inputs_sha256: an unchanged run stays with its first parent
+            run_tags |= {PIPELINE_TAG: pipeline, PARENT_TAG: pipeline_run(c, exp_id, pipeline)}
         run_id = _retry(c.create_run, exp_id, run_name=run_name, tags=run_tags).info.run_id
         try:
+            if datasets:
+                _log_datasets(c, run_id, datasets)
             now = int(time.time() * 1000)
             batch = [Param(k, v) for k, v in params_str.items()]
             for chunk in _chunks(batch, _PARAMS_PER_BATCH):
@@ -395,6 +611,11 @@ def log_run(
                 _retry(c.log_batch, run_id, metrics=chunk, synchronous=True)
             curve = [curves] if curves else []
             _log_files(c, run_id, {"tables": tables, "figures": figures, "": artifacts, "curves": curve})
+            if model is not None:
+                _log_model(c, run_id, model)
+            if registered_model:
+                # a score left out of the metrics (not finite): registered, never `best`
+                _register(c, run_id, registered_model, best_by, metrics.get(best_by or ""))
         except BaseException:
             _retry(c.set_terminated, run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
@@ -501,7 +722,9 @@ class RunSpec:
     """One run of a batch (`image-density track --runs JSON`, the workflow's tracking jobs), named by
     the files to log. `sections`: config keys logged as params (as `select`'s; none: all the config);
     `params`: more params; `metrics` + `metrics_key`: final numbers, the subtree at that key of a JSON
-    file (as `read_final_metrics`'s); `datasets`: prepared data folders, tagged with their sha256."""
+    file (as `read_final_metrics`'s); `datasets`: prepared data folders, tagged with their sha256 and
+    logged as the run's inputs; `model`: a model file logged as an MLflow model, registered as
+    `registered_model` when given, scored by the final metric `best_by` (lower is better)."""
 
     experiment: str
     run_name: str
@@ -515,9 +738,12 @@ class RunSpec:
     artifacts: tuple[Path, ...] = ()
     datasets: tuple[Path, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    model: Path | None = None
+    registered_model: str | None = None
+    best_by: str | None = None
 
     def files(self) -> list[Path]:
-        single = [p for p in (self.curves, self.metrics) if p is not None]
+        single = [p for p in (self.curves, self.metrics, self.model) if p is not None]
         return [*single, *self.tables, *self.figures, *self.artifacts, *self.datasets]
 
 
@@ -552,11 +778,11 @@ def parse_runs(runs: Any) -> list[RunSpec]:
         kw: dict[str, Any] = {}
         for name, value in run.items():
             at = f"{where}.{name}"
-            if name in ("experiment", "run_name"):
+            if name in ("experiment", "run_name", "registered_model", "best_by"):
                 if not isinstance(value, str) or not value:
                     raise ValueError(f"{at}: expected a non-empty string, got {value!r}")
                 kw[name] = value
-            elif name in ("curves", "metrics"):
+            elif name in ("curves", "metrics", "model"):
                 if not isinstance(value, str):
                     raise ValueError(f"{at}: expected a path, got {value!r}")
                 kw[name] = Path(value)
@@ -575,6 +801,10 @@ def parse_runs(runs: Any) -> list[RunSpec]:
                     raise ValueError(f"{at}: expected an object, got {value!r}")
                 kw[name] = {str(k): (str(v) if name == "tags" else v) for k, v in value.items()}
         spec = RunSpec(**kw)
+        if spec.registered_model and spec.model is None:
+            raise ValueError(f"{where}: registered_model needs a model file")
+        if spec.best_by and not (spec.registered_model and spec.metrics):
+            raise ValueError(f"{where}: best_by needs registered_model and metrics")
         if (spec.experiment, spec.run_name) in seen:
             raise ValueError(f"{where}: run {spec.experiment}/{spec.run_name} is listed twice")
         seen.add((spec.experiment, spec.run_name))
@@ -587,11 +817,13 @@ def log_runs(
     config: Mapping[str, Any],
     *,
     tags: Mapping[str, str] | None = None,
+    pipeline: str | None = None,
     uri: str | None = None,
 ) -> list[RunRecord]:
     """Log each run as `log_run` does, in this one process: importing mlflow costs seconds, a run
     then tens of milliseconds. `config`: the resolved params (`sections` select from it); `tags`:
-    common to every run (git commit, config hash). Every run's files are checked and its params,
+    common to every run (git commit, config hash); `pipeline`: the invocation whose parent runs
+    the new runs join. Every run's files are checked and its params,
     metrics and dataset tags read before the store is touched, so a missing or bad file logs
     nothing; a run whose files did not change since it was logged is left as it is."""
     runs = list(runs)
@@ -599,11 +831,13 @@ def log_runs(
     if missing:
         raise FileNotFoundError(f"files to log do not exist: {missing}")
     data_tags: dict[Path, dict[str, str]] = {}  # a dataset shared by many runs is read once
+    inputs: dict[Path, dict[str, str]] = {}
     prepared = []
     for run in runs:
         for folder in run.datasets:
             if folder not in data_tags:
                 data_tags[folder] = dataset_tags(folder)
+                inputs[folder] = dataset_input(folder, data_tags[folder])
         data = {k: v for folder in run.datasets for k, v in data_tags[folder].items()}
         run_tags = {**(tags or {}), **data, **run.tags}
         metrics = read_final_metrics(run.metrics, run.metrics_key) if run.metrics else None
@@ -614,7 +848,9 @@ def log_runs(
     return [
         log_run(
             run.experiment, run.run_name, params=params, curves=run.curves, metrics=metrics,
-            tables=run.tables, figures=run.figures, artifacts=run.artifacts, tags=run_tags, uri=uri,
+            tables=run.tables, figures=run.figures, artifacts=run.artifacts, tags=run_tags,
+            datasets=[inputs[folder] for folder in run.datasets], model=run.model,
+            registered_model=run.registered_model, best_by=run.best_by, pipeline=pipeline, uri=uri,
         )
         for run, params, metrics, run_tags in prepared
     ]  # fmt: skip

@@ -25,19 +25,25 @@ def model_run(experiment, name, metrics, dataset, job, params):
 
 
 def energy_runs():
-    out = rules.train.output.metrics
-    return [
-        model_run(
-            "energy",
-            f"{d}-{m}",
-            out.format(model=m, dataset=d),
-            d,
-            "train",
-            {"model": m},
-        )
-        for d in ENERGY_DATASETS
-        for m in ("energy", "denoiser")
-    ]
+    """model_run's; each model file logged as an MLflow model, registered as <model>-<dataset>,
+    the energy models scored by their test NLL (the registry's alias `best`: the lowest).
+    """
+    out, runs = rules.train.output, []
+    for d in ENERGY_DATASETS:
+        for m in ("energy", "denoiser"):
+            files = {k: v.format(model=m, dataset=d) for k, v in out.items()}
+            run = model_run(
+                "energy", f"{d}-{m}", files["metrics"], d, "train", {"model": m}
+            )
+            run |= {"model": files["model"], "registered_model": f"{m}-{d}"}
+            if m == "energy":
+                run |= {
+                    "metrics": rules.metrics.output.json,
+                    "metrics_key": ["nll", d],
+                    "best_by": "energy_test_bits_per_dim",
+                }
+            runs.append(run)
+    return runs
 
 
 def generalization_runs():
@@ -160,7 +166,7 @@ def study_runs():
 
 def track_inputs(runs):
     """A tracking job's inputs: every file its runs log (a data folder: its meta.json)."""
-    single = {k: [r[k] for r in runs if k in r] for k in ("curves", "metrics")}
+    single = {k: [r[k] for r in runs if k in r] for k in ("curves", "metrics", "model")}
     lists = {
         k: [p for r in runs for p in r.get(k, [])]
         for k in ("tables", "figures", "artifacts")

@@ -16,6 +16,7 @@ rule train:
         "../envs/image-density.yaml"
     resources:
         attempt=retry_attempt,
+        requeue=0,
     params:
         cfg=PARAMS_FILE,
         spec=trigger("train"),
@@ -26,7 +27,8 @@ rule train:
     shell:
         "exec {params.launch} train --config {params.cfg:q} --model {wildcards.model:q}"
         " --dataset {wildcards.dataset:q} --data {params.data:q} --out {params.out:q}"
-        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt} > {log:q} 2>&1"
+        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt}"
+        " --requeue {resources.requeue} > {log:q} 2>&1"
 
 
 rule train_generalization:
@@ -41,6 +43,7 @@ rule train_generalization:
         "../envs/image-density.yaml"
     resources:
         attempt=retry_attempt,
+        requeue=0,
     params:
         cfg=PARAMS_FILE,
         spec=trigger("train_generalization"),
@@ -52,7 +55,7 @@ rule train_generalization:
         "exec {params.launch} train --config {params.cfg:q} --model energy"
         " --dataset {wildcards.dataset:q} --subset {wildcards.subset:q} --n {wildcards.n:q}"
         " --data {params.data:q} --out {params.out:q} --ckpt-dir {params.ckpt:q} --no-progress"
-        " --attempt {resources.attempt} > {log:q} 2>&1"
+        " --attempt {resources.attempt} --requeue {resources.requeue} > {log:q} 2>&1"
 
 
 rule energy:

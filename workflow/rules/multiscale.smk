@@ -25,6 +25,7 @@ rule train_scale:
         "../envs/image-density.yaml"
     resources:
         attempt=retry_attempt,
+        requeue=0,
     params:
         cfg=PARAMS_FILE,
         spec=trigger(ms_job),
@@ -36,7 +37,8 @@ rule train_scale:
     shell:
         "exec {params.launch} train-scale --config {params.cfg:q} --dataset {wildcards.dataset:q}"
         " --model {wildcards.family:q} {params.net} --data {params.data:q} --out {params.out:q}"
-        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt} > {log:q} 2>&1"
+        " --ckpt-dir {params.ckpt:q} --no-progress --attempt {resources.attempt}"
+        " --requeue {resources.requeue} > {log:q} 2>&1"
 
 
 rule multiscale_denoise:

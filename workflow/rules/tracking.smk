@@ -9,6 +9,12 @@
 # job reruns when any of its files changes, then re-logs only the runs whose files (or the git
 # commit, or the params) changed: the others are recognized by their inputs' hash and left as they
 # are. Its output, <results>/tracking/<group>.json, lists the run ids. Local jobs: seconds, no GPU.
+# The runs one `snakemake` invocation logs are children of one parent run per experiment, named
+# `pipeline <id>`: the id is made when the run starts (the Snakefile's onstart calls
+# start_pipeline_run) and reaches the local tracking jobs through their environment. Energy models
+# and denoisers are also logged as MLflow models and registered (<model>-<dataset>); alias `best`
+# marks each dataset's energy model of lowest test NLL (common.smk's energy_runs).
+from image_density.tracking import start_pipeline_run
 
 
 localrules:
