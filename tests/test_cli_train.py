@@ -268,7 +268,7 @@ def test_only_an_interrupted_training_requeues_its_slurm_job(project, monkeypatc
     def fail(*a, **k):
         raise error
 
-    monkeypatch.setattr("image_density.train.train_from_config", fail)
+    monkeypatch.setattr("image_density.plan.train_from_config", fail)
     train = ["train", "--config", cfg, "--model", "energy", "--dataset", "field", "--out", root / "x"]
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with pytest.raises(SystemExit):
