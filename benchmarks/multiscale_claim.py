@@ -1,5 +1,5 @@
 """Paper 2's central claim at a CPU scale: multi-scale denoisers whose conditional networks see a small
-neighbourhood (RF 5/9/13) against flat denoisers of RF 5..43, on natural-image patches (scikit-image's
+neighbourhood (RF 5/9/13) against flat denoisers of every multiscale.rf, on natural-image patches (scikit-image's
 photographs, whole photographs kept apart between train and test).
 
 Prepares the params' dataset, trains (resumable: rerunning continues) the low-pass network, a cCNN per
@@ -16,7 +16,7 @@ ablation, beyond both papers), then writes under <results>/:
   multiscale/<dataset>/superres-rf<R>.png|.npy|.sampler.csv
 and prints the claim table.
 
-    python benchmarks/multiscale_claim.py            # params/bench-multiscale-claim.yaml (~60 min)
+    python benchmarks/multiscale_claim.py            # params/bench-multiscale-claim.yaml (~1 h)
     python benchmarks/multiscale_claim.py --quick    # params/bench-multiscale-claim-quick.yaml (minutes)
 """
 
