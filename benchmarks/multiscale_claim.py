@@ -1,6 +1,6 @@
 """Paper 2's central claim at a CPU scale: multi-scale denoisers whose conditional networks see a small
-neighbourhood (RF 5/9/13) against flat denoisers of every multiscale.rf, on natural-image patches (scikit-image's
-photographs, whole photographs kept apart between train and test).
+neighbourhood (RF 5/9/13) against flat denoisers of every multiscale.rf, on natural-image patches
+(scikit-image's photographs, whole photographs kept apart between train and test).
 
 Prepares the params' dataset, trains (resumable: rerunning continues) the low-pass network, a cCNN per
 scale j for each RF of --ms-rf, and a flat network for every multiscale.rf, and, when the params have
