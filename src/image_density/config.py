@@ -442,7 +442,7 @@ class MultiscaleSpec(Strict):
     # "band_max": the largest |value| of what is noised (1 for images in [0, 1]);
     # "release": the LPM release's training.py: 1 in its averaging units for the flat and low-pass
     # networks, and for cCNN_j the square of max|d_j| in those units (it draws k/255, k < 255 max|d_j|,
-    # and squares it), a range 2.6x (j = 0) to 2.7x (j = 1) narrower than "band_max" on the claim's patches
+    # and squares it), a range 2.6-2.7x narrower than "band_max" on the claim benchmark's patches
     noise_range: Literal["band_max", "release"] = "band_max"
     noise_grid: PositiveInt = 255
     sampler: SamplerSpec = SamplerSpec()
