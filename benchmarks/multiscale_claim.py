@@ -81,14 +81,14 @@ def train_net(cfg, dataset: str, family: str, scale, rf: int | None, seconds: li
     return out / "model.pt"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help=f"params file (default {FULL}, with --quick {QUICK})")
     p.add_argument("--quick", action="store_true", help=f"the few-minute setting: {QUICK}")
     p.add_argument("--ms-rf", default="5,9,13", help="RFs of the multi-scale models (the claim's)")
     # 1: on the shared 2 cores (load ~10) two torch threads made a small network's step 20x slower
     p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config or (QUICK if args.quick else FULL))
     m = cfg.multiscale
