@@ -1,5 +1,6 @@
 """benchmarks/speed.py and benchmarks/gpu.py in their tiny modes: they run, and every line is a
-JSON figure with sane values (the real measurements are in the issue-8 report)."""
+JSON figure with sane values (the real measurements are in the issue-8 report); the claim benchmark
+end to end on a tiny params file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 from image_density.config import load_config
 
@@ -122,3 +125,37 @@ def test_gpu_script_ddp_figure_on_two_cpu_processes(capsys):
     assert row["figure"] == "ddp" and row["processes"] == [1, 2] and row["backend"] == "gloo"
     assert row["images_per_s"]["1"] > 0 and row["images_per_s"]["2"] > 0
     assert row["efficiency"] == pytest.approx(row["speedup"] / 2, abs=1e-3)
+
+
+def test_multiscale_claim_tiny(tmp_path):
+    """Every table of the claim benchmark, the NLL per RF of the energies beside the denoising table."""
+    train = {"steps": 2, "batch": 4, "ckpt_every": 2, "log_every": 1}
+    params = {
+        "seed": 0,
+        "results": str(tmp_path / "results"),
+        "datasets": {"p16": {"kind": "natural_patches", "size": 16, "n_train": 32, "n_test": 4}},
+        "multiscale": {
+            "datasets": ["p16"], "levels": 2, "rf": [3, 5],
+            "cnn": {"channels": 4, "layers_lowpass": 3, "layers_conditional": 3},
+            "train": train, "sampler": {"max_iter": 2, "n_samples": 2},
+            "sigmas": [20, 100], "eval_images": 4, "superres_images": 1,
+            "energy": {"lowpass": "cnn", "emb_features": 2, "emb_dim": 4,
+                       "train": {**train, "t_min": 1e-4, "t_max": 100.0},
+                       "likelihood": {"t_max": 100.0, "logz_images": 8, "logz_draws": 1}},
+        },
+    }  # fmt: skip
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump(params))
+    _module("multiscale_claim").main(["--config", str(cfg), "--ms-rf", "3"])
+    tables = tmp_path / "results/tables"
+    claim = pd.read_csv(tables / "claim.csv")
+    assert sorted(claim["sigma"]) == [20, 100] and set(claim["rf"]) == {3} and set(claim["largest_rf"]) == {5}
+    assert (claim["ms_minus_flat_same_rf"] == claim["multiscale"] - claim["flat_same_rf"]).all()
+    nll = pd.read_csv(tables / "nll.csv")
+    assert nll["model"].tolist() == ["multiscale-rf3"] and nll["split"].tolist() == ["test"]
+    parts = nll["nll_lowpass_bits_per_dim"] + nll["nll_scale0_bits_per_dim"] + nll["nll_scale1_bits_per_dim"]
+    assert nll["nll_bits_per_dim"].iloc[0] == pytest.approx(8 + parts.iloc[0])  # 8-bit patches: +8
+    seconds = pd.read_csv(tables / "train_seconds.csv")
+    assert {"denoiser-flat-rf5", "energy-lowpass", "energy-1-rf3"} <= set(seconds["model"])
+    assert (tmp_path / "results/figures/rf_ablation.png").is_file()
+    assert len(pd.read_csv(tables / "superres.csv")) == 1

@@ -17,6 +17,7 @@ from image_density.multiscale.conditional import (
     denoiser_objective,
     multiscale_denoise,
     multiscale_log_prob,
+    noise_sigma_max,
 )
 from image_density.multiscale.wavelets import decompose, pyramid
 
@@ -144,6 +145,26 @@ def test_objectives_pick_the_right_band_and_train(field):
     for levels, j in [(0, None), (2, None)]:
         flat = BlindCNN(1, layers=3, width=4)
         assert denoiser_objective(levels, j, 1.0)(flat, x, None, torch.Generator())["loss"].shape == (64,)
+
+
+def test_release_noise_range_is_the_square_of_the_band_max_in_averaging_units(field):
+    """The LPM release's training.py: cCNN_j's std range ends at max|d_j|^2 with d_j in its averaging
+    units; the flat and low-pass networks' at 1 there. The same physical range in orthonormal units."""
+    f, _, _, _ = field
+    x = f.sample(16, torch.Generator().manual_seed(5)).float()
+    lows_avg, details_avg = pyramid(x, 2, normalization="average")
+    for j in range(2):
+        release = noise_sigma_max(x, 2, j, "release", normalization="average")
+        assert release == pytest.approx(details_avg[j].abs().max().item() ** 2, rel=1e-6)
+        assert release < band_max(x, 2, j, normalization="average")  # narrower than band_max here
+        # orthonormal coefficients of level j + 1 are 2^(j+1) times the averaging ones: so is the range
+        ortho = noise_sigma_max(x, 2, j, "release", normalization="orthonormal")
+        assert ortho == pytest.approx(2 ** (j + 1) * release, rel=1e-5)
+        assert noise_sigma_max(x, 2, j, "band_max") == band_max(x, 2, j)
+    assert noise_sigma_max(x, 2, None, "release", normalization="average") == 1.0
+    assert noise_sigma_max(x, 2, None, "release") == pytest.approx(4.0)
+    assert noise_sigma_max(x, 0, None, "release") == 1.0
+    assert noise_sigma_max(torch.zeros(2, 1, 8, 8), 2, 0, "release") == 0.0  # a zero band stays refused
 
 
 def test_intensity_scaling_scales_the_flat_and_lowpass_inputs_only():

@@ -276,3 +276,25 @@ def test_a_band_of_zero_variance_is_refused_before_sampling():
     check_bands(models, ["denoiser-lowpass"])
     with pytest.raises(ValueError, match="flatland: denoiser-0-rf3 trained on a band of zero variance"):
         check_bands(models, ["denoiser-lowpass", "denoiser-0-rf3"])
+
+
+@pytest.mark.parametrize("noise_range", ["band_max", "release"])
+def test_a_band_of_zero_variance_is_refused_before_training(tmp_path, capsys, noise_range):
+    """Images constant within each 2x2 block: the finest details are 0, the next ones are not."""
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, size=(12, 4, 4), dtype=np.uint8).repeat(2, axis=1).repeat(2, axis=2)
+    np.save(tmp_path / "blocks.npy", blocks)  # (12, 8, 8)
+    params = copy.deepcopy(PARAMS)
+    params.update(results=str(tmp_path / "results"), datasets={"blocks": {"kind": "array",
+                  "path": str(tmp_path / "blocks.npy"), "test_fraction": 0.25}})  # fmt: skip
+    params["multiscale"].update(datasets=["blocks"], levels=2, noise_range=noise_range)
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump(params))
+    assert run("prepare", "--config", cfg, "--dataset", "blocks") == 0
+    train = ["train-scale", "--config", cfg, "--dataset", "blocks", "--model", "denoiser", "--no-progress"]
+    assert run(*train, "--scale", "0", "--rf", 3, "--out", tmp_path / "m0") != 0
+    assert "blocks: the band of denoiser-0-rf3 is 0 on the first 9 training images (zero variance)" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "m0").exists()  # refused before any work
+    assert run(*train, "--scale", "1", "--rf", 3, "--out", tmp_path / "m1") == 0

@@ -440,8 +440,13 @@ class MultiscaleSpec(Strict):
     # they denoise at every intensity (synthesis starts from zero-mean noise and finds its own
     # brightness). False keeps the data's intensities only (fewer steps to a given PSNR on it).
     intensity_scaling: bool = False
-    # training noise std sigma = sigma_max (k / noise_grid)^2, k uniform in {0..noise_grid}, sigma_max
-    # the largest |value| of what is noised (1 for images in [0, 1]); see losses.sample_quadratic_sigma
+    # training noise std sigma = sigma_max (k / noise_grid)^2, k uniform in {0..noise_grid}
+    # (losses.sample_quadratic_sigma); sigma_max per network (multiscale.conditional.noise_sigma_max):
+    # "band_max": the largest |value| of what is noised (1 for images in [0, 1]);
+    # "release": the LPM release's training.py: 1 in its averaging units for the flat and low-pass
+    # networks, and for cCNN_j the square of max|d_j| in those units (it draws k/255, k < 255 max|d_j|,
+    # and squares it), a range 2.6-2.7x narrower than "band_max" on the claim benchmark's patches
+    noise_range: Literal["band_max", "release"] = "band_max"
     noise_grid: PositiveInt = 255
     sampler: SamplerSpec = SamplerSpec()
     sigmas: list[PositiveFloat] = [20, 40, 60, 100]  # noise std on the 0..255 scale

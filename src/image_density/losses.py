@@ -58,8 +58,9 @@ def denoiser_loss(
 # Paper 2 draws its own noise levels (not the loop's log-uniform t): sigma = sigma_max (k / grid)^2,
 # k uniform in {0..grid} (grid 255), so the density of sigma is ~ 1/sqrt(sigma): more small noise.
 # The release squared k/255 with k < 255 * max|coefficient|, so its detail range ended at max^2, which
-# depends on the units of the coefficients; we scale the std range linearly by sigma_max = the largest
-# |value| of what is noised (1 for images in [0, 1]; multiscale.band_max for a band): unit-free.
+# depends on the units of the coefficients; by default we scale the std range linearly by sigma_max =
+# the largest |value| of what is noised (1 for images in [0, 1]; multiscale.band_max for a band):
+# unit-free. multiscale.noise_range "release" restores the release's (conditional.noise_sigma_max).
 
 
 def sample_quadratic_sigma(

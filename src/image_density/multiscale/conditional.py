@@ -12,6 +12,7 @@ Scale indices follow `wavelets.pyramid`: details[j] (j = 0 finest) is conditione
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 
@@ -22,7 +23,14 @@ from image_density.losses import (
     noise_prediction_loss,
     sample_quadratic_sigma,
 )
-from image_density.multiscale.wavelets import Normalization, decompose, idwt, log_det_jacobian, pyramid
+from image_density.multiscale.wavelets import (
+    Normalization,
+    decompose,
+    idwt,
+    log_det_jacobian,
+    pyramid,
+    release_scale,
+)
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 ConditionalDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -85,6 +93,30 @@ def band_max(
         return images.abs().max().item()
     lows, details = pyramid(images, levels, wavelet, normalization)
     return (lows[-1] if j is None else details[j]).abs().max().item()
+
+
+NoiseRange = Literal["band_max", "release"]
+
+
+def noise_sigma_max(
+    images: torch.Tensor,
+    levels: int,
+    j: int | None,
+    rule: NoiseRange = "band_max",
+    wavelet: str = "haar",
+    normalization: Normalization = "orthonormal",
+) -> float:
+    """The largest training noise std of a denoiser of paper 2 (levels 0: flat; j None: low-pass; else
+    cCNN_j), in the transform's units. "band_max": band_max. "release": the LPM release's training.py,
+    whose coefficients are in its averaging units (release_scale converts): flat and low-pass 1 there;
+    cCNN_j the square of max|d_j| there (it draws k/255 with k < 255 max|d_j|, then squares it), 0 for
+    a band of zero variance as band_max."""
+    m = band_max(images, levels, j, wavelet, normalization)
+    if rule == "band_max" or m <= 0:
+        return m
+    level = 0 if levels == 0 else levels if j is None else j + 1
+    scale = release_scale(level, normalization)
+    return scale if j is None or levels == 0 else scale * (m / scale) ** 2
 
 
 def denoiser_objective(

@@ -7,10 +7,11 @@ A network is (dataset, family, scale, rf):
 - family "energy" (beyond both papers, dual score matching): "lowpass" the energy of x_J (paper 1's
   UNet, or the CNN below without conditioning: multiscale.energy.lowpass), j the conditional energy
   U(d_j | x_j) of receptive field rf (models/local_energy.py).
-Settings come from `multiscale:` (denoisers: cnn, train, noise_grid; energies: energy.* and, for the
-RF-limited network, cnn). What a network needs from its data (a denoiser's noise range, an energy's
-preconditioning) is measured once on the first STATS_IMAGES training images and stored in its model
-spec or meta, so `checkpoint.load_model` rebuilds it and a resumed run checks it.
+Settings come from `multiscale:` (denoisers: cnn, train, epochs, intensity_scaling, noise_range,
+noise_grid; energies: energy.* and, for the RF-limited network, cnn). What a network needs from its
+data (a denoiser's noise range, an energy's preconditioning) is measured once on the first
+STATS_IMAGES training images and stored in its model spec or meta, so `checkpoint.load_model`
+rebuilds it and a resumed run checks it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from image_density.data import Prepared, load_prepared
 from image_density.models import build_model, unet_model_spec
 from image_density.models.cnn import cnn_model_spec
 from image_density.models.energy import gaussian_stats
-from image_density.multiscale.conditional import band_max, denoiser_objective, energy_objective
+from image_density.multiscale.conditional import denoiser_objective, energy_objective, noise_sigma_max
 from image_density.multiscale.nets import Net, Scale
 from image_density.multiscale.wavelets import pyramid
 from image_density.plan import train_prepared
@@ -103,7 +104,7 @@ def _stats(cfg: Config, plan: ScalePlan, data: Prepared) -> dict:
     j = None if plan.scale == "lowpass" else plan.scale
     if plan.family == "denoiser":
         levels = 0 if plan.scale == "flat" else plan.levels
-        sigma_max = band_max(x, levels, j, m.wavelet, m.normalization)
+        sigma_max = noise_sigma_max(x, levels, j, m.noise_range, m.wavelet, m.normalization)
         if sigma_max <= 0:
             raise ConfigError(
                 f"{plan.dataset}: the band of {plan.name} is 0 on the first {len(x)} training images (zero "
