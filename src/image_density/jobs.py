@@ -51,6 +51,7 @@ JOBS: dict[str, Job] = {
             "multiscale.epochs",
             "multiscale.intensity_scaling",
             "multiscale.noise_grid",
+            "multiscale.noise_range",
             *_MS_NET,
         ),
         checks=("multiscale.datasets", "multiscale.rf"),
